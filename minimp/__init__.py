@@ -1,0 +1,19 @@
+"""minimp: mixed-precision training, small enough to read and exact enough to trust."""
+
+from minimp import backend, functional, nn, optim
+from minimp.tensor import Tensor, as_dtype, bfloat16, float16, float32, no_grad, tensor
+
+__all__ = [
+    "Tensor",
+    "as_dtype",
+    "backend",
+    "bfloat16",
+    "float16",
+    "float32",
+    "formats",
+    "functional",
+    "nn",
+    "no_grad",
+    "optim",
+    "tensor",
+]

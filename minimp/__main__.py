@@ -1,0 +1,83 @@
+"""``python -m minimp``: the command line.
+
+python -m minimp demo     a short tour of the engine, every number measured
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+import minimp
+import minimp.functional as F
+from minimp import data, nn, optim
+
+
+def demo(steps: int = 300, seed: int = 0) -> dict[str, float]:
+    """Float16 facts, then one MLP trained on the digits in float32 and in pure float16."""
+    half = minimp.float16
+    print("float16 rounding, measured:")
+    values = {
+        "2^-24": 2.0**-24,
+        "2^-25": 2.0**-25,
+        "1.5 * 2^-25": 1.5 * 2.0**-25,
+        "65504": 65504.0,
+        "65519": 65519.0,
+        "65520": 65520.0,
+    }
+    for name, value in values.items():
+        stored = minimp.tensor([value], dtype=half).item()
+        print(f"  {name:<12} is stored as {stored:.6g}")
+    total = minimp.tensor([2048.0], dtype=half) + 1.0
+    spacing = float(np.spacing(np.float16(2048)))
+    print(
+        f"  2048 + 1     = {total.item():g} in float16 (neighbours of 2048 are {spacing:g} apart)"
+    )
+
+    digits = data.load_digits(seed=seed)
+    print(f"\n{digits.name}: {len(digits.x_train)} training images, {len(digits.x_test)} test")
+    results = {}
+    for dtype in (minimp.float32, half):
+        model = nn.MLP([64, 64, 10], dtype=dtype, generator=np.random.default_rng(seed))
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        rng = np.random.default_rng(seed)
+        step = 0
+        while step < steps:
+            for x, y in data.batches(digits.x_train, digits.y_train, 64, rng):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(minimp.tensor(x, dtype=dtype)), y)
+                loss.backward()
+                opt.step()
+                step += 1
+                if step == steps:
+                    break
+        with minimp.no_grad():
+            logits = model(minimp.tensor(digits.x_test, dtype=dtype)).numpy()
+        accuracy = float(np.mean(logits.argmax(axis=1) == digits.y_test))
+        results[str(dtype)] = accuracy
+        print(
+            f"  {dtype!s:8} MLP 64-64-10, {steps} SGD steps: last batch loss "
+            f"{loss.item():.4f}, test accuracy {accuracy:.1%}"
+        )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m minimp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command")
+    run_demo = commands.add_parser("demo", help="a short tour of the engine")
+    run_demo.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args(argv)
+    if args.command in (None, "demo"):
+        demo(steps=getattr(args, "steps", 300))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Modules: ``Module``, ``Linear``, activations, ``Sequential`` and ``MLP``.
+
+As in PyTorch, a module's parameters are its tensor attributes that require a
+gradient, found recursively through its sub-modules; ``module.to(dtype)``
+converts them in place, so an optimizer built earlier still holds the same
+tensors. ``functional`` is re-exported so ``minimp.nn.functional.cross_entropy``
+reads as it does in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from minimp import backend, functional
+from minimp.tensor import Tensor, as_dtype, float32, ieee, round_to_dtype
+
+__all__ = ["MLP", "Linear", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "functional"]
+
+
+class Module:
+    """Base class: subclasses set tensors and sub-modules as attributes and define forward."""
+
+    def forward(self, *args: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args: Any) -> Tensor:
+        return self.forward(*args)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.requires_grad:
+                yield prefix + name, value
+            elif isinstance(value, Module):
+                yield from value.named_parameters(f"{prefix}{name}.")
+            elif isinstance(value, list | tuple):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield from item.named_parameters(f"{prefix}{name}.{i}.")
+
+    def parameters(self) -> list[Tensor]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, target: Any) -> Module:
+        """Convert every parameter in place to a dtype (rounding to nearest-even) or device."""
+        for p in self.parameters():
+            if isinstance(target, str) and target in backend.DEVICES:
+                p.data = backend.to_device(p.data, target)
+            else:
+                with ieee():
+                    p.data = round_to_dtype(p.data, as_dtype(target))
+            p.grad = None
+        return self
+
+    def half(self) -> Module:
+        return self.to("float16")
+
+    def float(self) -> Module:
+        return self.to("float32")
+
+    def bfloat16(self) -> Module:
+        return self.to("bfloat16")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Linear(Module):
+    """y = x @ W.T + b, with W of shape (out_features, in_features).
+
+    Initialised as ``torch.nn.Linear``: W and b uniform in [-k, k], k = 1/sqrt(in_features),
+    drawn in float32 from ``generator`` (a NumPy Generator; pass one to make runs
+    reproducible) and then rounded to ``dtype``, so models built in different dtypes
+    from the same seed start from the same weights, up to that rounding.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: Any = float32,
+        device: str = "cpu",
+        generator: np.random.Generator | None = None,
+    ) -> None:
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear needs positive sizes, got ({in_features}, {out_features})")
+        rng = generator if generator is not None else np.random.default_rng()
+        k = 1.0 / math.sqrt(in_features)
+
+        def init(*shape: int) -> Tensor:
+            values = rng.uniform(-k, k, size=shape).astype(np.float32)
+            array = backend.to_device(values.astype(as_dtype(dtype)), device)
+            return Tensor(array, requires_grad=True)
+
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = init(out_features, in_features)
+        self.bias = init(out_features) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x @ self.weight.T
+        return y + self.bias if self.bias is not None else y
+
+    def __repr__(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features}, dtype={self.weight.dtype})"
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.tanh(x)
+
+
+class Sigmoid(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.sigmoid(x)
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module) -> None:
+        self.layers = list(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"{type(self).__name__}(\n  {inner}\n)"
+
+
+_ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+
+
+class MLP(Sequential):
+    """Linear layers of the given sizes with an activation between them (none after the last)."""
+
+    def __init__(
+        self,
+        sizes: list[int] | tuple[int, ...],
+        activation: str = "relu",
+        *,
+        dtype: Any = float32,
+        device: str = "cpu",
+        generator: np.random.Generator | None = None,
+    ) -> None:
+        if len(sizes) < 2:
+            raise ValueError(f"MLP needs at least an input and an output size, got {sizes}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: use one of {list(_ACTIVATIONS)}")
+        rng = generator if generator is not None else np.random.default_rng()
+        layers: list[Module] = []
+        for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+            layers.append(Linear(n_in, n_out, dtype=dtype, device=device, generator=rng))
+            if i < len(sizes) - 2:
+                layers.append(_ACTIVATIONS[activation]())
+        super().__init__(*layers)
+        self.sizes = tuple(sizes)

@@ -1,0 +1,143 @@
+"""Every op's forward and gradient against PyTorch on the CPU, in float32 and float16."""
+
+import numpy as np
+import pytest
+import torch
+from oracle import NETWORK_TOLERANCE, assert_close, check_op, random_inputs
+
+import minimp
+import minimp.functional as F
+from minimp import backend
+
+DTYPES = [minimp.float32, minimp.float16]
+
+# name: (minimp op, PyTorch op, input shapes, inputs must be positive)
+OPS = {
+    "add": (lambda a, b: a + b, lambda a, b: a + b, [(4, 5), (4, 5)], False),
+    "add_broadcast": (lambda a, b: a + b, lambda a, b: a + b, [(4, 5), (5,)], False),
+    "add_broadcast_keepdim": (lambda a, b: a + b, lambda a, b: a + b, [(4, 5), (4, 1)], False),
+    "sub": (lambda a, b: a - b, lambda a, b: a - b, [(3, 1, 5), (4, 5)], False),
+    "mul": (lambda a, b: a * b, lambda a, b: a * b, [(4, 5), (1, 5)], False),
+    "div": (lambda a, b: a / b, lambda a, b: a / b, [(4, 5), (4, 5)], True),
+    "neg": (lambda a: -a, lambda a: -a, [(4, 5)], False),
+    "scalar_ops": (
+        lambda a: (2.0 - a * 3) / 0.5 + 1,
+        lambda a: (2.0 - a * 3) / 0.5 + 1,
+        [(4, 5)],
+        False,
+    ),
+    "pow": (lambda a: a**2, lambda a: a**2, [(4, 5)], False),
+    "matmul": (lambda a, b: a @ b, lambda a, b: a @ b, [(6, 7), (7, 3)], False),
+    "matmul_batched": (lambda a, b: a @ b, lambda a, b: a @ b, [(2, 6, 7), (7, 3)], False),
+    "linear": (
+        lambda x, w, b: x @ w.T + b,
+        lambda x, w, b: torch.nn.functional.linear(x, w, b),
+        [(8, 16), (4, 16), (4,)],
+        False,
+    ),
+    "sum_all": (lambda a: a.sum(), lambda a: a.sum(), [(4, 5)], False),
+    "sum_dim": (lambda a: a.sum(1), lambda a: a.sum(1), [(3, 4, 5)], False),
+    "sum_keepdim": (
+        lambda a: a.sum((0, 2), True),
+        lambda a: a.sum((0, 2), True),
+        [(3, 4, 5)],
+        False,
+    ),
+    "mean_all": (lambda a: a.mean(), lambda a: a.mean(), [(4, 5)], False),
+    "mean_dim": (lambda a: a.mean(-1), lambda a: a.mean(-1), [(4, 5)], False),
+    "reshape": (lambda a: a.reshape(5, 4) * 2, lambda a: a.reshape(5, 4) * 2, [(4, 5)], False),
+    "transpose": (lambda a: a.T, lambda a: a.T, [(4, 5)], False),
+    "transpose_dims": (
+        lambda a: a.transpose(0, 2),
+        lambda a: a.transpose(0, 2),
+        [(2, 3, 4)],
+        False,
+    ),
+    "exp": (F.exp, torch.exp, [(4, 5)], False),
+    "log": (F.log, torch.log, [(4, 5)], True),
+    "tanh": (F.tanh, torch.tanh, [(4, 5)], False),
+    "sigmoid": (F.sigmoid, torch.sigmoid, [(4, 5)], False),
+    "relu": (F.relu, torch.relu, [(4, 5)], False),
+    "softmax": (F.softmax, lambda a: torch.softmax(a, -1), [(4, 10)], False),
+    "softmax_dim0": (lambda a: F.softmax(a, 0), lambda a: torch.softmax(a, 0), [(4, 10)], False),
+    "log_softmax": (F.log_softmax, lambda a: torch.log_softmax(a, -1), [(4, 10)], False),
+    "mse_loss": (F.mse_loss, torch.nn.functional.mse_loss, [(4, 5), (4, 5)], False),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", OPS)
+def test_op_matches_pytorch(name, dtype):
+    ours, theirs, shapes, positive = OPS[name]
+    check_op(ours, theirs, random_inputs(shapes, positive=positive), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cross_entropy_matches_pytorch(dtype):
+    target = np.array([3, 0, 9, 9, 1, 5])
+    check_op(
+        lambda z: F.cross_entropy(z, target),
+        lambda z: torch.nn.functional.cross_entropy(z, torch.tensor(target)),
+        random_inputs([(6, 10)]),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mlp_with_cross_entropy_end_to_end(dtype):
+    """A 2-layer MLP: the loss and every parameter's gradient agree with PyTorch."""
+    model = minimp.nn.MLP([12, 16, 5], generator=np.random.default_rng(0)).to(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 12)).astype(np.float32)
+    y = rng.integers(0, 5, size=32)
+
+    reference = torch.nn.Sequential(
+        torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)
+    ).to(torch.float16 if dtype == minimp.float16 else torch.float32)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+            q.copy_(torch.tensor(p.numpy().astype(np.float32)))
+
+    loss = F.cross_entropy(model(minimp.tensor(x, dtype=dtype)), y)
+    loss.backward()
+    xt = torch.tensor(x).to(reference[0].weight.dtype)
+    expected = torch.nn.functional.cross_entropy(reference(xt), torch.tensor(y))
+    expected.backward()
+
+    assert_close(loss.numpy(), expected.detach().float().numpy(), dtype, "loss", NETWORK_TOLERANCE)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad.dtype == dtype
+        assert_close(p.grad.numpy(), q.grad.float().numpy(), dtype, name, NETWORK_TOLERANCE)
+
+
+def test_float16_matmul_accumulates_in_float32():
+    """1 + 2^-11 summed 4096 times: a float16 accumulator would stall at 2048; the
+    product is computed with float32 accumulation and rounded once."""
+    a = minimp.tensor(np.ones((1, 4096)), dtype=minimp.float16)
+    b = minimp.tensor(np.ones((4096, 1)), dtype=minimp.float16)
+    assert (a @ b).item() == 4096.0
+    s = minimp.tensor(np.ones(4096), dtype=minimp.float16).sum()
+    assert s.dtype == minimp.float16 and s.item() == 4096.0
+
+
+class _NoFloat16Matmul(np.ndarray):
+    """An array that fails if anything asks NumPy for a float16 matmul."""
+
+    def __matmul__(self, other):
+        assert self.dtype != np.float16 and other.dtype != np.float16, "float16 matmul in NumPy"
+        return np.asarray(self) @ np.asarray(other)
+
+
+def test_float16_matmul_never_runs_in_numpy_float16(monkeypatch):
+    """NumPy's float16 matmul has no BLAS (250-300x slower): minimp must never call it.
+    Forward and both backward matmuls go through backend.lowp_matmul, which widens first."""
+    a, b = (np.ones(s, dtype=np.float16).view(_NoFloat16Matmul) for s in [(3, 4), (4, 2)])
+    assert backend.lowp_matmul(a, b).dtype == np.float16
+
+    seen = []
+    real = backend.lowp_matmul
+    monkeypatch.setattr(backend, "lowp_matmul", lambda x, y: seen.append(1) or real(x, y))
+    a = minimp.tensor(np.ones((3, 4)), dtype=minimp.float16, requires_grad=True)
+    b = minimp.tensor(np.ones((4, 2)), dtype=minimp.float16, requires_grad=True)
+    (a @ b).sum().backward()
+    assert len(seen) == 3

@@ -1,0 +1,109 @@
+"""Modules and optimizers: PyTorch's initialisation and update rules, and the
+float16 weight that loses small updates."""
+
+import numpy as np
+import pytest
+import torch
+
+import minimp
+import minimp.functional as F
+from minimp import nn, optim
+
+
+def test_linear_initialisation_is_torchs_uniform_and_reproducible():
+    a = nn.Linear(64, 8, generator=np.random.default_rng(0))
+    b = nn.Linear(64, 8, generator=np.random.default_rng(0))
+    assert a.weight.shape == (8, 64) and a.bias.shape == (8,)
+    assert np.array_equal(a.weight.numpy(), b.weight.numpy())
+    bound = 1 / np.sqrt(64)
+    assert np.abs(a.weight.numpy()).max() <= bound
+    assert np.abs(a.weight.numpy()).max() > 0.9 * bound  # uses the whole range
+    half = nn.Linear(64, 8, dtype="float16", generator=np.random.default_rng(0))
+    assert np.array_equal(half.weight.numpy(), a.weight.numpy().astype(np.float16))
+
+
+def test_mlp_parameters_and_in_place_conversion():
+    model = nn.MLP([4, 8, 3], generator=np.random.default_rng(0))
+    names = [name for name, _ in model.named_parameters()]
+    assert names == ["layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"]
+    params = model.parameters()
+    model.half()
+    assert [p is q for p, q in zip(params, model.parameters(), strict=True)] == [True] * 4
+    assert all(p.dtype == minimp.float16 for p in params)
+    assert model(minimp.tensor(np.ones((2, 4)), dtype="float16")).shape == (2, 3)
+    with pytest.raises(ValueError, match="unknown activation"):
+        nn.MLP([4, 3], activation="swish")
+
+
+def _train_against_torch(make_ours, make_theirs, steps=5):
+    """Drive minimp and PyTorch with the same float32 model, data and optimizer."""
+    rng = np.random.default_rng(0)
+    model = nn.MLP([6, 8, 3], generator=rng)
+    reference = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+            q.copy_(torch.from_numpy(p.numpy().copy()))
+    ours, theirs = make_ours(model.parameters()), make_theirs(reference.parameters())
+    for _ in range(steps):
+        x = rng.standard_normal((16, 6)).astype(np.float32)
+        y = rng.integers(0, 3, 16)
+        ours.zero_grad()
+        F.cross_entropy(model(minimp.tensor(x)), y).backward()
+        ours.step()
+        theirs.zero_grad()
+        torch.nn.functional.cross_entropy(
+            reference(torch.from_numpy(x)), torch.from_numpy(y)
+        ).backward()
+        theirs.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        np.testing.assert_allclose(p.numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sgd_with_momentum_and_weight_decay_matches_pytorch():
+    _train_against_torch(
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    )
+
+
+def test_adam_matches_pytorch():
+    _train_against_torch(
+        lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+        lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    )
+
+
+def test_a_float16_weight_loses_updates_below_half_its_ulp():
+    """ulp(1.0) in float16 is 2^-10: an update of 2^-12 (a quarter ulp) is rounded away,
+    one of 2^-10 is kept (Micikevicius et al. 2018, sec. 3.1)."""
+    for dtype, lost in [(minimp.float16, True), (minimp.float32, False)]:
+        w = minimp.tensor([1.0], dtype=dtype, requires_grad=True)
+        opt = optim.SGD([w], lr=1.0)
+        w.grad = minimp.tensor([2.0**-12], dtype=dtype)
+        opt.step()
+        assert (w.item() == 1.0) == lost
+    w = minimp.tensor([1.0], dtype="float16", requires_grad=True)
+    w.grad = minimp.tensor([2.0**-10], dtype="float16")
+    optim.SGD([w], lr=1.0).step()
+    assert w.item() == 1.0 - 2.0**-10
+
+
+def test_optimizer_state_keeps_the_parameter_dtype():
+    w = minimp.tensor([1.0, 2.0], dtype="float16", requires_grad=True)
+    w.grad = minimp.tensor([0.5, 0.5], dtype="float16")
+    opt = optim.Adam([w])
+    opt.step()
+    state = opt.state[id(w)]
+    assert state["exp_avg"].dtype == np.float16 and w.dtype == minimp.float16
+
+
+def test_optimizer_errors():
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(TypeError, match="requires_grad"):
+        optim.SGD([minimp.tensor([1.0])], lr=0.1)
+    w = minimp.tensor([1.0], requires_grad=True)
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.SGD([w], lr=-1)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([w], betas=(0.9, 1.0))
