@@ -1,0 +1,300 @@
+"""The data sets minimp trains on, as plain NumPy arrays.
+
+One real data set ships inside the package (`load_digits`), so no lesson or test
+downloads anything, and one synthetic task (`make_teacher_student`) lets a lesson
+turn a single knob, the scale of the inputs, and watch gradients sink into
+float16's subnormal and flush-to-zero range for an honest reason. `batches` walks
+a data set in seeded, shuffled minibatches.
+
+This is the top of the data layer and imports nothing from minimp: features come
+back as float32 arrays, labels as int64 class indices (what PyTorch's
+`cross_entropy` takes), and the training code wraps them in tensors. Every
+function checks its inputs before it changes anything (no array is modified in
+place, and a NumPy Generator is not advanced when the call is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DIGITS_PATH",
+    "DIGITS_SHA256",
+    "Dataset",
+    "batches",
+    "load_digits",
+    "make_teacher_student",
+]
+
+DIGITS_PATH = Path(__file__).with_name("datasets") / "digits.npz"
+# SHA-256 of the shipped file; how it was produced is in minimp/datasets/README.md.
+DIGITS_SHA256 = "af104d81e7cd419be5f343d23c6ca2e4e4ff847b06636260802df8e903c6183f"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A classification data set split into a training and a test part.
+
+    `x_*` are (n, n_features) floating arrays, `y_*` are (n,) integer class
+    indices in [0, n_classes). The fields are checked on construction (finite
+    features, matching lengths and widths, labels in range), so training code can
+    trust them. Frozen means the fields cannot be rebound; the arrays themselves
+    are ordinary, writable NumPy arrays, so copy before changing them in place.
+    `eq=False`: data sets compare by identity, since `==` on arrays is elementwise.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_classes, int) or self.n_classes < 2:
+            raise ValueError(f"n_classes must be an int >= 2, got {self.n_classes!r}")
+        for part in ("train", "test"):
+            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
+            _check_xy(x, y, f"x_{part}", f"y_{part}")
+            _check_labels(y, f"y_{part}", self.n_classes)
+        if self.x_train.shape[1] != self.x_test.shape[1]:
+            raise ValueError(
+                f"x_train has {self.x_train.shape[1]} features but x_test has "
+                f"{self.x_test.shape[1]}; both parts must describe the same inputs"
+            )
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, n_classes={self.n_classes}, "
+            f"train={self.x_train.shape} {self.x_train.dtype}, "
+            f"test={self.x_test.shape} {self.x_test.dtype})"
+        )
+
+
+def load_digits(
+    test_fraction: float = 0.2, seed: int = 0, path: str | os.PathLike[str] | None = None
+) -> Dataset:
+    """The shipped handwritten-digits set, split into train and test parts.
+
+    1,797 images of 8x8 pixels, 10 classes: the test set of the UCI "Optical
+    Recognition of Handwritten Digits" data as scikit-learn bundles it
+    (`sklearn.datasets.load_digits`), stored as uint8 in `minimp/datasets/digits.npz`
+    (produced with scikit-learn 1.9.1; recipe in `minimp/datasets/README.md`).
+    Citation: Alpaydin, E. & Kaynak, C. (1998). Optical Recognition of Handwritten
+    Digits. UCI Machine Learning Repository. doi:10.24432/C50P49. License: CC BY 4.0.
+
+    Features are pixel / 16 as float32, in [0, 1]. Every such value k/16 is exact
+    in float16 too, so casting the inputs to float16 loses nothing: what a lesson
+    measures comes from the arithmetic, not from the data. The split is
+    stratified: in each class, round(test_fraction * class size) images, drawn
+    with `np.random.default_rng(seed)`, go to the test part; both parts keep the
+    file's order. Same seed, same split, on every platform.
+
+    `path` loads another copy of the same file (it must match `DIGITS_SHA256`); a
+    missing file raises FileNotFoundError and a corrupt one ValueError, both
+    naming the file.
+    """
+    _check_fraction(test_fraction)
+    _check_seed(seed)
+    file = DIGITS_PATH if path is None else Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"digits data file {str(file)!r} is missing; minimp ships it as package data "
+            "(minimp/datasets/digits.npz): reinstall minimp, or rebuild the file as "
+            "minimp/datasets/README.md describes"
+        ) from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != DIGITS_SHA256:
+        raise ValueError(
+            f"digits data file {str(file)!r} is corrupt: its SHA-256 is {digest}, expected "
+            f"{DIGITS_SHA256}; reinstall minimp, or rebuild the file as "
+            "minimp/datasets/README.md describes"
+        )
+    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+        images, labels = npz["images"], npz["labels"]
+    # k / 16 is exact in float32 (and float16): a power-of-two division only
+    # shifts the exponent.
+    x = images.astype(np.float32) / np.float32(16)
+    return _split(x, labels.astype(np.int64), test_fraction, seed, "digits", 10)
+
+
+def make_teacher_student(
+    n_samples: int = 2048,
+    n_features: int = 32,
+    n_classes: int = 10,
+    *,
+    input_scale: float = 1.0,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Dataset:
+    """A synthetic task whose input scale is a free knob and nothing else changes.
+
+    A fixed random linear "teacher" labels Gaussian inputs; a student network
+    learns to imitate it:
+
+        z ~ N(0, 1), shape (n_samples, n_features)      # float64
+        W ~ N(0, 1), shape (n_features, n_classes)      # the teacher
+        y = argmax(z @ W, axis=1)
+        x = float32(input_scale * z)
+
+    Why this task: argmax(z @ W) does not depend on the length of z, so for one
+    seed the labels are identical at every `input_scale` and the task is the same
+    problem; only the magnitudes the network sees change. The gradient of a
+    first-layer weight is proportional to its input, so shrinking `input_scale`
+    (say to 1e-4) pushes those gradients below float16's smallest normal 2^-14 and
+    subnormal 2^-24, where pure-fp16 training loses them and loss scaling brings
+    them back (Micikevicius et al. 2018, sec. 3.3). The classes are linearly
+    separable, so the loss can approach zero late in training, the other honest
+    way gradients shrink into underflow. The classes are not balanced (each is
+    the set of inputs where one teacher logit wins); the split is stratified as in
+    `load_digits`.
+    """
+    for arg, value, low in (
+        ("n_samples", n_samples, 2),
+        ("n_features", n_features, 1),
+        ("n_classes", n_classes, 2),
+    ):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
+    # Far inside float32's range, so x = input_scale * z neither overflows nor
+    # flushes to zero in float32: any underflow a lesson shows happens in fp16.
+    if (
+        not isinstance(input_scale, Real)
+        or isinstance(input_scale, bool)
+        or not 1e-30 <= input_scale <= 1e30
+    ):
+        raise ValueError(f"input_scale must be a number in [1e-30, 1e30], got {input_scale!r}")
+    _check_fraction(test_fraction)
+    _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n_samples, n_features))
+    teacher = rng.standard_normal((n_features, n_classes))
+    y = np.argmax(z @ teacher, axis=1).astype(np.int64)
+    x = (input_scale * z).astype(np.float32)
+    name = f"teacher_student(scale={input_scale:g})"
+    return _split(x, y, test_fraction, seed, name, int(n_classes))
+
+
+def batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+    *,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of minibatches `(x[idx], y[idx])`, shuffled by `rng`.
+
+    The permutation is drawn from `rng` once, when `batches` is called (not when
+    the first batch is taken), so a seeded Generator gives the same epoch every
+    run and consecutive calls give consecutive epochs. `rng=None` keeps the order
+    of the data (for evaluation). The last, smaller batch is kept unless
+    `drop_last=True`, as in PyTorch's DataLoader; drop it when every step must see
+    the same batch size. Each batch is a copy; `x` and `y` are not modified.
+    """
+    if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}; "
+            "pass np.random.default_rng(seed)"
+        )
+    _check_xy(x, y, "x", "y")
+    n = len(x)
+    order = np.arange(n) if rng is None else rng.permutation(n)
+    stop = n - n % batch_size if drop_last else n
+
+    def epoch() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, stop, batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+
+    return epoch()
+
+
+def _check_fraction(test_fraction: object) -> None:
+    if (
+        not isinstance(test_fraction, Real)
+        or isinstance(test_fraction, bool)
+        or not 0 < test_fraction < 1
+    ):
+        raise ValueError(
+            f"test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}"
+        )
+
+
+def _check_seed(seed: object) -> None:
+    # An int, not None: default_rng(None) would draw fresh entropy and the split
+    # would change from run to run.
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+
+def _check_xy(x: object, y: object, x_name: str, y_name: str) -> None:
+    """Raise a ValueError naming the array unless x is (n, d) finite floats and y (n,) ints."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{x_name} must be a 2-D floating NumPy array, got {_describe(x)}")
+    if not isinstance(y, np.ndarray) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{y_name} must be a 1-D integer NumPy array, got {_describe(y)}")
+    if len(x) != len(y):
+        raise ValueError(
+            f"{x_name} has {len(x)} rows but {y_name} has {len(y)} labels; they must match"
+        )
+    finite = np.isfinite(x)
+    if not finite.all():
+        n_nan = int(np.isnan(x).sum())
+        n_inf = x.size - int(finite.sum()) - n_nan
+        bad_rows = int((~finite.all(axis=1)).sum())
+        raise ValueError(
+            f"{x_name} contains {n_nan} NaN and {n_inf} inf values (in {bad_rows} of "
+            f"{len(x)} rows); drop those rows, e.g. keep = np.isfinite({x_name}).all(axis=1), "
+            "or fix them at the source: a network cannot learn from non-finite inputs"
+        )
+
+
+def _check_labels(y: np.ndarray, name: str, n_classes: int) -> None:
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(
+            f"{name} holds labels from {y.min()} to {y.max()}, outside [0, {n_classes})"
+        )
+
+
+def _describe(a: object) -> str:
+    if isinstance(a, np.ndarray):
+        return f"a {a.ndim}-D {a.dtype} array of shape {a.shape}"
+    return f"a {type(a).__name__}"
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, name: str, n_classes: int
+) -> Dataset:
+    """Stratified split: per class, round(test_fraction * count) rows, seeded, go to test."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(y), dtype=bool)
+    for c in range(n_classes):
+        rows = np.flatnonzero(y == c)
+        n_test = round(test_fraction * len(rows))
+        is_test[rng.choice(rows, size=n_test, replace=False)] = True
+    n_test = int(is_test.sum())
+    if n_test == 0 or n_test == len(y):
+        raise ValueError(
+            f"test_fraction={test_fraction!r} leaves {n_test} of {len(y)} rows in the "
+            "test part; both parts need at least one row"
+        )
+    return Dataset(x[~is_test], y[~is_test], x[is_test], y[is_test], name, n_classes)
