@@ -1,6 +1,6 @@
 """minimp: mixed-precision training, small enough to read and exact enough to trust."""
 
-from minimp import backend, functional, nn, optim
+from minimp import backend, formats, functional, nn, optim
 from minimp.tensor import Tensor, as_dtype, bfloat16, float16, float32, no_grad, tensor
 
 __all__ = [

@@ -80,7 +80,7 @@ def to_device(array: Any, device: str) -> Any:
 
 def to_numpy(array: Any) -> np.ndarray:
     """A NumPy array with the same values (copied from the GPU when needed)."""
-    return array if array_module(array) is np else _cupy.asnumpy(array)
+    return np.asarray(array) if array_module(array) is np else _cupy.asnumpy(array)
 
 
 def lowp_matmul(a: Any, b: Any) -> Any:
