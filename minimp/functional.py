@@ -27,6 +27,7 @@ __all__ = [
     "cross_entropy",
     "div",
     "exp",
+    "linear",
     "log",
     "log_softmax",
     "matmul",
@@ -264,6 +265,19 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         )
 
     return Tensor.from_op(mm(a.data, b.data), (a, b), backward)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+    One op for autocast, so the policy sees the parameters themselves (and caches
+    their casts) rather than the transposed copy. The bias is added after the
+    matmul's rounding; cuBLAS's fused bias epilogue rounds once, so on a GPU
+    PyTorch can differ from this by one ulp.
+    """
+    (x, weight, *rest), _ = _operands("linear", x, weight, *([] if bias is None else [bias]))
+    y = matmul(x, transpose(weight))
+    return add(y, rest[0]) if rest else y
 
 
 # ---- reductions: accumulated in float32 --------------------------------------------

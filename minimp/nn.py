@@ -10,16 +10,26 @@ reads as it does in PyTorch.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from minimp import backend, functional
-from minimp.tensor import Tensor, as_dtype, float32, ieee, round_to_dtype
+from minimp.tensor import Tensor, as_dtype, compute, float32, ieee, round_to_dtype
 
-__all__ = ["MLP", "Linear", "Module", "ReLU", "Sequential", "Sigmoid", "Tanh", "functional"]
+__all__ = [
+    "MLP",
+    "Linear",
+    "Module",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "clip_grad_norm_",
+    "functional",
+]
 
 
 class Module:
@@ -69,6 +79,32 @@ class Module:
     def bfloat16(self) -> Module:
         return self.to("bfloat16")
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Each parameter's values, by name, as NumPy arrays (copies)."""
+        return {name: backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load values saved by ``state_dict``. Names, shapes and dtypes must match
+        exactly (convert the model with ``.to()`` first); everything is checked before
+        any parameter changes."""
+        params = dict(self.named_parameters())
+        missing, unexpected = params.keys() - state.keys(), state.keys() - params.keys()
+        if missing or unexpected:
+            raise KeyError(
+                f"load_state_dict: missing {sorted(missing)}, unexpected {sorted(unexpected)}: "
+                "the state was saved from a different model"
+            )
+        for name, p in params.items():
+            value = state[name]
+            if tuple(value.shape) != p.shape or value.dtype != p.dtype:
+                raise ValueError(
+                    f"load_state_dict: {name} is {value.dtype}{list(value.shape)} in the state, "
+                    f"{p.dtype}{list(p.shape)} in the model"
+                )
+        for name, p in params.items():
+            p.data = backend.to_device(np.array(state[name], copy=True), p.device)
+            p.grad = None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -107,8 +143,7 @@ class Linear(Module):
         self.bias = init(out_features) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x @ self.weight.T
-        return y + self.bias if self.bias is not None else y
+        return functional.linear(x, self.weight, self.bias)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, dtype={self.weight.dtype})"
@@ -176,3 +211,26 @@ class MLP(Sequential):
                 layers.append(_ACTIVATIONS[activation]())
         super().__init__(*layers)
         self.sizes = tuple(sizes)
+
+
+def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> float:
+    """Scale gradients in place so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping, accumulated in float32. With a loss scaler,
+    call it after ``scaler.unscale_(optimizer)``: clipping scaled gradients would
+    clip against a threshold multiplied by the scale (Micikevicius et al. 2018,
+    sec. 3.2). A non-finite norm leaves the gradients alone: the scaler will skip
+    that step.
+    """
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    with ieee():
+        total = math.sqrt(sum(float((compute(g.data) ** 2).sum(dtype=np.float32)) for g in grads))
+        coef = max_norm / (total + 1e-6)
+        if math.isfinite(total) and coef < 1:
+            for g in grads:
+                g.data = round_to_dtype(compute(g.data) * np.float32(coef), g.dtype)
+    return total

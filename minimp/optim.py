@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from minimp import backend
 from minimp.tensor import Tensor, compute, ieee, round_to_dtype
 
@@ -45,6 +47,68 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 p.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """PyTorch's layout: settings per group (params as indices) and state by index.
+        Arrays come back as NumPy copies; counters as Python ints."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        index = {id(p): i for i, p in enumerate(params)}
+        groups = [
+            {
+                **{k: v for k, v in group.items() if k != "params"},
+                "params": [index[id(p)] for p in group["params"]],
+            }
+            for group in self.param_groups
+        ]
+        state = {
+            index[id(p)]: {
+                k: v if isinstance(v, int) else backend.to_numpy(v).copy()
+                for k, v in self.state[id(p)].items()
+            }
+            for p in params
+            if id(p) in self.state
+        }
+        return {"param_groups": groups, "state": state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load what ``state_dict`` returned, for the same parameters; checks the
+        structure, shapes and dtypes before changing anything."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        groups = state_dict.get("param_groups")
+        if groups is None or "state" not in state_dict:
+            raise KeyError("optimizer state dict needs 'param_groups' and 'state'")
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("optimizer state dict is for a different set of parameters")
+        new_state = {}
+        for i, values in state_dict["state"].items():
+            i = int(i)
+            if not 0 <= i < len(params):
+                raise ValueError(
+                    f"optimizer state dict has state for parameter {i}, of {len(params)}"
+                )
+            p = params[i]
+            for key, value in values.items():
+                if not isinstance(value, int) and (
+                    value.shape != p.shape or value.dtype != p.dtype
+                ):
+                    raise ValueError(
+                        f"optimizer state {key!r} of parameter {i} is "
+                        f"{value.dtype}{list(value.shape)}, "
+                        f"the parameter is {p.dtype}{list(p.shape)}"
+                    )
+            new_state[id(p)] = {
+                k: v if isinstance(v, int) else backend.to_device(np.array(v, copy=True), p.device)
+                for k, v in values.items()
+            }
+        for group, saved in zip(self.param_groups, groups, strict=True):
+            group.update(
+                {
+                    k: (tuple(v) if isinstance(v, list) else v)
+                    for k, v in saved.items()
+                    if k != "params"
+                }
+            )
+        self.state = new_state
 
     def step(self) -> None:
         with ieee():

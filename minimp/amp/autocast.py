@@ -1,0 +1,98 @@
+"""``autocast``: choose each op's dtype by a written policy, as PyTorch's CUDA autocast does.
+
+Inside ``with autocast(dtype=minimp.float16):`` an op's tensor inputs are cast
+before it runs, by the table ``POLICY``:
+
+- ``LOWER``: matmul and linear run in the low dtype, the tensor cores' job (inputs cast down);
+- ``FLOAT32``: ops whose range or accumulated rounding error matters (exp, log,
+  pow, softmax, log_softmax, sum, the losses) run in float32 (inputs cast up);
+- ``PROMOTE``: binary arithmetic on mixed dtypes runs in the widest, float32;
+- every other op runs in the dtype of its input.
+
+This is the paper's sec. 3.3 as PyTorch implements it. The float16 copy of a
+float32 parameter (a leaf that requires grad) is made once per region and reused,
+as in PyTorch; its backward casts the gradient back to float32, so the float32
+parameter is, in effect, the master weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minimp import functional
+from minimp.tensor import Tensor, as_dtype, bfloat16, float16, float32
+
+__all__ = ["FLOAT32", "LOWER", "POLICY", "PROMOTE", "autocast", "policy_table"]
+
+LOWER, FLOAT32, PROMOTE = "lower precision", "float32", "promote to widest"
+
+# From PyTorch's CUDA autocast lists (aten/src/ATen/autocast_mode.cpp), for the ops
+# minimp has. Ops not listed run in their input dtype.
+POLICY: dict[str, str] = {
+    "matmul": LOWER,
+    "linear": LOWER,
+    "exp": FLOAT32,
+    "log": FLOAT32,
+    "pow": FLOAT32,
+    "softmax": FLOAT32,
+    "log_softmax": FLOAT32,
+    "sum": FLOAT32,
+    "cross_entropy": FLOAT32,
+    "mse_loss": FLOAT32,
+    "add": PROMOTE,
+    "sub": PROMOTE,
+    "mul": PROMOTE,
+    "div": PROMOTE,
+}
+
+
+def policy_table() -> str:
+    """The policy as a table a reader can print."""
+    rows = [f"{op:<14} {rule}" for op, rule in POLICY.items()]
+    return "\n".join([f"{'op':<14} runs in", *rows, f"{'(any other)':<14} its input dtype"])
+
+
+class autocast:
+    """Context manager: ops inside run in the dtype ``POLICY`` chooses.
+
+    Regions nest; ``autocast(enabled=False)`` inside one turns it off (e.g. to run
+    a part of the model in float32 on purpose).
+    """
+
+    def __init__(self, dtype: Any = float16, enabled: bool = True) -> None:
+        self.dtype = as_dtype(dtype)
+        if self.dtype not in (float16, bfloat16):
+            raise ValueError(f"autocast needs float16 or bfloat16, got {self.dtype}")
+        self.enabled = enabled
+        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __enter__(self) -> autocast:
+        self._previous = functional.autocast_hook
+        functional.autocast_hook = self._cast_inputs if self.enabled else None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        functional.autocast_hook = self._previous
+        self._cache.clear()
+
+    def _cast_inputs(self, op: str, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        rule = POLICY.get(op)
+        if rule == LOWER:
+            return tuple(self._lower(t) for t in tensors)
+        if rule == FLOAT32:
+            return tuple(t.to(float32) for t in tensors)
+        if rule == PROMOTE and len({t.dtype for t in tensors}) > 1:
+            return tuple(t.to(float32) for t in tensors)
+        return tensors
+
+    def _lower(self, t: Tensor) -> Tensor:
+        if t.dtype == self.dtype:
+            return t
+        if not (t.is_leaf and t.requires_grad):
+            return t.to(self.dtype)
+        cached = self._cache.get(id(t))
+        # A cached cast is reused until a backward() through it frees its graph link
+        # (gradient accumulation inside one region), then made again.
+        if cached is None or cached[0] is not t or not cached[1]._parents:
+            cached = self._cache[id(t)] = (t, t.to(self.dtype))
+        return cached[1]
