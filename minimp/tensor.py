@@ -60,12 +60,12 @@ def as_dtype(dtype: Any) -> np.dtype:
 
 def compute(array: Any) -> Any:
     """The float32 array an op computes with (exact: every 16-bit value is a float32)."""
-    return array.astype(np.float32, copy=False)
+    return backend.widen(array)
 
 
 def round_to_dtype(array: Any, dtype: np.dtype) -> Any:
     """Round a float32 result once, to nearest-even, as the hardware stores it."""
-    return array.astype(dtype, copy=False)
+    return backend.narrow(array, dtype)
 
 
 # IEEE semantics, silently: in mixed precision, overflow to inf and 0/0 = NaN are
@@ -188,7 +188,7 @@ class Tensor:
         if dtype == self.dtype:
             return self
         with ieee():
-            data = self.data.astype(dtype)
+            data = round_to_dtype(compute(self.data), dtype)
         return Tensor.from_op(data, (self,), lambda g: (g,))
 
     def half(self) -> Tensor:
