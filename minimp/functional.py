@@ -233,12 +233,21 @@ def transpose(a: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
 # ---- matmul --------------------------------------------------------------------
 
 
+def _mm(dtype: np.dtype, a: Any, b: Any, bias: Any = None) -> Any:
+    """The matmul rule for ``dtype``: plain float32 BLAS, or backend.lowp_matmul."""
+    if dtype == np.float32:
+        return a @ b if bias is None else a @ b + bias
+    return backend.lowp_matmul(a, b, dtype, bias)
+
+
 @ieee()
 def matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b``: 16-bit inputs, float32 accumulation, one rounding (a tensor core's rule).
 
     Operands are 2-D or batched (N-D, batch axes broadcast). The backward pass is two
-    more matmuls with the same rule: dA = dC @ B^T, dB = A^T @ dC.
+    more matmuls with the same rule: dA = dC @ B^T, dB = A^T @ dC. The incoming
+    gradient is a float32 array holding values of the op's dtype, so it needs no
+    rounding before it is multiplied.
     """
     (a, b), dtype = _operands("matmul", a, b)
     if a.ndim < 2 or b.ndim < 2:
@@ -252,32 +261,41 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
             f"{b.shape[-2]} differ"
         )
 
-    def mm(x, y):
-        return x @ y if dtype == np.float32 else backend.lowp_matmul(x, y)
-
     def backward(g):
-        # The incoming gradient is in float32; round it to the op's dtype first, as a
-        # 16-bit backward matmul would read it (exact: it already holds 16-bit values).
-        g = round_to_dtype(g, dtype)
         return (
-            mm(g, b.data.swapaxes(-1, -2)) if a.requires_grad else None,
-            mm(a.data.swapaxes(-1, -2), g) if b.requires_grad else None,
+            _mm(dtype, g, b.data.swapaxes(-1, -2)) if a.requires_grad else None,
+            _mm(dtype, a.data.swapaxes(-1, -2), g) if b.requires_grad else None,
         )
 
-    return Tensor.from_op(mm(a.data, b.data), (a, b), backward)
+    return Tensor.from_op(_mm(dtype, a.data, b.data), (a, b), backward)
 
 
+@ieee()
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``x @ weight.T + bias``, as ``torch.nn.functional.linear``.
+    """``x @ weight.T + bias``, as ``torch.nn.functional.linear``: one fused op.
 
-    One op for autocast, so the policy sees the parameters themselves (and caches
-    their casts) rather than the transposed copy. The bias is added after the
-    matmul's rounding; cuBLAS's fused bias epilogue rounds once, so on a GPU
-    PyTorch can differ from this by one ulp.
+    The bias joins the float32 accumulator and the result is rounded once, as
+    cuBLAS's bias epilogue does; and autocast sees the parameters themselves, so
+    their casts are cached. ``x`` is (..., in_features), ``weight`` (out, in).
     """
-    (x, weight, *rest), _ = _operands("linear", x, weight, *([] if bias is None else [bias]))
-    y = matmul(x, transpose(weight))
-    return add(y, rest[0]) if rest else y
+    inputs, dtype = _operands("linear", x, weight, *([] if bias is None else [bias]))
+    x, weight, bias = (*inputs, None)[:3]
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input {x.shape} does not fit weight {weight.shape} (out, in)")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"linear: bias {bias.shape} does not fit weight {weight.shape}")
+
+    def backward(g):
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.data.reshape(-1, x.shape[-1])
+        grads = (
+            _mm(dtype, g, weight.data) if x.requires_grad else None,
+            _mm(dtype, g2.T, x2) if weight.requires_grad else None,
+            g2.sum(axis=0, dtype=np.float32) if bias is not None and bias.requires_grad else None,
+        )
+        return grads[: len(inputs)]
+
+    out = _mm(dtype, x.data, weight.data.T, None if bias is None else bias.data)
+    return Tensor.from_op(out, tuple(inputs), backward)
 
 
 # ---- reductions: accumulated in float32 --------------------------------------------

@@ -43,7 +43,7 @@ CUDA_AUTOCAST_FP16 = [
 
 CALLS = {
     "matmul": lambda a, b: a @ b,
-    "linear": F.linear,
+    "linear": lambda x, w, b: F.linear(x, w, F.mean(b, 0)),
     "exp": F.exp,
     "log": F.log,
     "pow": lambda a: a**2,
