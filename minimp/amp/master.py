@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from minimp import backend
-from minimp.nn import Module
 from minimp.tensor import Tensor, compute, float32, ieee, round_to_dtype
 
 __all__ = ["MasterWeights"]
@@ -32,7 +31,8 @@ __all__ = ["MasterWeights"]
 class MasterWeights:
     """A float32 master copy of each parameter of a (16-bit) model."""
 
-    def __init__(self, model: Module) -> None:
+    def __init__(self, model: Any) -> None:
+        """``model``: anything with ``named_parameters()`` (an ``nn.Module``)."""
         named = list(model.named_parameters())
         if not named:
             raise ValueError("MasterWeights: the model has no parameters")

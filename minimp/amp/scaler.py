@@ -18,13 +18,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minimp import backend
-from minimp.optim import Optimizer
 from minimp.tensor import Tensor, float32, ieee
+
+if TYPE_CHECKING:  # amp sits below optim in the layers: a type hint, not an import
+    from minimp.optim import Optimizer
 
 __all__ = [
     "GradScaler",

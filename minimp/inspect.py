@@ -1,0 +1,176 @@
+"""What precision does to a run: gradient statistics measured during training.
+
+A float16 gradient that underflowed is simply 0: looking at it cannot tell a
+flushed value from a true zero. So the statistics here are taken from the
+float32 values *before* the cast: at a recorded step, the same batch is run
+through a float32 twin of the model (the master weights, or the weights
+widened), and its activation and weight gradients, multiplied by the run's loss
+scale, are classified against the target format (``formats.classify``): zero,
+flushed to zero, subnormal, normal, overflow. That is the measurement of the
+paper's Figure 3 (Micikevicius et al. 2018, sec. 3.2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from minimp import formats, nn
+from minimp import functional as F
+from minimp.data import Dataset
+from minimp.tensor import Tensor, bfloat16, compute, float32, tensor
+from minimp.train import REGIMES, History, Run, TrainConfig
+
+__all__ = [
+    "GradientRecorder",
+    "compare_regimes",
+    "float32_gradients",
+    "markdown_table",
+    "summarize",
+]
+
+
+def float32_gradients(
+    model: nn.Sequential, weights: list[Tensor], inputs: np.ndarray, targets: np.ndarray
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each Linear layer's activation gradient (d loss / d output) and weight gradient,
+    computed in float32 on one batch, unscaled, by a float32 twin of ``model`` whose
+    parameters hold ``weights`` (in ``model.parameters()`` order) widened to float32.
+    """
+    twin = copy.deepcopy(model)
+    for p, w in zip(twin.parameters(), weights, strict=True):
+        p.data, p.grad = compute(w.data), None
+    h = tensor(inputs, dtype="float32")
+    outputs = []
+    for i, layer in enumerate(twin.layers):
+        h = layer(h)
+        if isinstance(layer, nn.Linear):
+            outputs.append((f"layers.{i}", layer, h.retain_grad()))
+    F.cross_entropy(h, targets).backward()
+    return {
+        name: {"activation": out.grad.numpy(), "weight": layer.weight.grad.numpy()}
+        for name, layer, out in outputs
+    }
+
+
+@dataclass
+class GradientRecorder:
+    """A training hook: at each recorded step, what a cast to ``fmt`` does to every
+    layer's activation and weight gradients at the run's loss scale.
+
+    ``records`` holds one dict per (step, layer, kind) with the fraction of values in
+    each category of ``formats.CATEGORIES``, among all values and among the nonzero ones
+    ("flushed_of_nonzero": the share of real gradient signal the cast destroys).
+    """
+
+    fmt: Any = "float16"
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, info: Any) -> None:
+        weights = info.masters.parameters() if info.masters else info.model.parameters()
+        grads = float32_gradients(info.model, weights, info.inputs, info.targets)
+        for layer, kinds in grads.items():
+            for kind, values in kinds.items():
+                counts = formats.count_categories(values * np.float32(info.scale), self.fmt)
+                nonzero = values.size - counts["zero"]
+                self.records.append(
+                    {
+                        "step": info.step,
+                        "layer": layer,
+                        "kind": kind,
+                        "scale": info.scale,
+                        **{k: v / values.size for k, v in counts.items()},
+                        "flushed_of_nonzero": counts["flushed_to_zero"] / nonzero
+                        if nonzero
+                        else 0.0,
+                    }
+                )
+
+    def select(self, kind: str, key: str = "flushed_of_nonzero") -> dict[str, np.ndarray]:
+        """``{layer: values of key over the recorded steps}`` for one kind of gradient."""
+        out: dict[str, list[float]] = {}
+        for r in self.records:
+            if r["kind"] == kind:
+                out.setdefault(r["layer"], []).append(r[key])
+        return {layer: np.array(v) for layer, v in out.items()}
+
+
+# ---- the regimes side by side ---------------------------------------------------
+
+
+def compare_regimes(
+    dataset: Dataset,
+    config: TrainConfig = TrainConfig(),
+    regimes: Sequence[str] = tuple(REGIMES),
+    seeds: Sequence[int] = (0, 1, 2),
+    progress: bool | None = None,
+) -> dict[str, list[tuple[History, list[dict[str, Any]]]]]:
+    """Run each regime once per seed. Returns, per regime, one (history, gradient
+    records) pair per seed; the records say what a cast to the regime's 16-bit format
+    does to the float32 gradients, four times per run (see ``minimp.inspect``)."""
+    results: dict[str, list[tuple[History, list[dict[str, Any]]]]] = {}
+    for name in regimes:
+        regime = REGIMES[name]
+        for seed in seeds:
+            run_config = replace(config, seed=seed, record_every=max(config.steps // 4, 1))
+            recorder = GradientRecorder("bfloat16" if regime.dtype == bfloat16 else "float16")
+            hooks = [recorder] if regime.dtype != float32 else []
+            history = Run(regime, dataset, run_config).train(hooks=hooks, progress=progress)
+            results.setdefault(name, []).append((history, recorder.records))
+    return results
+
+
+def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) -> list[dict]:
+    """One row per regime: mean and spread (standard deviation) over seeds of the final
+    test accuracy and of the training loss (mean of the last 100 steps); the share of
+    updates lost late in training; skipped steps; and the share of nonzero activation
+    gradients the run's format flushes to zero at the last recorded step."""
+    rows = []
+    for name, runs in results.items():
+        final_loss = [float(np.mean(h.loss[-100:])) for h, _ in runs]
+        accuracy = [h.test_accuracy[-1] for h, _ in runs]
+        lost = [float(np.nanmean(h.lost_updates[-100:])) for h, _ in runs]
+        flushed = [_late_activation_flush(records) for _, records in runs]
+        rows.append(
+            {
+                "regime": name,
+                "accuracy_mean": float(np.mean(accuracy)),
+                "accuracy_std": float(np.std(accuracy)),
+                "loss_mean": float(np.mean(final_loss)),
+                "loss_std": float(np.std(final_loss)),
+                "lost_updates": float(np.mean(lost)),
+                "skipped": float(np.mean([sum(h.skipped) for h, _ in runs])),
+                "activation_flushed": float(np.mean(flushed)) if runs[0][1] else math.nan,
+            }
+        )
+    return rows
+
+
+def _late_activation_flush(records: list[dict[str, Any]]) -> float:
+    if not records:
+        return math.nan
+    last = max(r["step"] for r in records)
+    late = [r for r in records if r["step"] == last and r["kind"] == "activation"]
+    return float(np.mean([r["flushed_of_nonzero"] for r in late]))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The summary as the Markdown table the README shows."""
+    lines = [
+        "| regime | test accuracy | final training loss | updates lost | skipped steps "
+        "| activation grads flushed |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        flushed = "n/a" if math.isnan(r["activation_flushed"]) else f"{r['activation_flushed']:.1%}"
+        lines.append(
+            f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
+            f"| {r['loss_mean']:.5f} ± {r['loss_std']:.5f} | {r['lost_updates']:.1%} "
+            f"| {r['skipped']:.1f} | {flushed} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,330 @@
+"""One training loop, and the named precision regimes it runs.
+
+Every regime trains the same MLP from the same float32 initialisation, on the
+same minibatches in the same order; only precision changes:
+
+| regime          | weights, activations, grads | update applied to | loss scale      |
+| --------------- | --------------------------- | ----------------- | --------------- |
+| `fp32`          | float32                     | float32 weights   | none            |
+| `fp16`          | float16                     | float16 weights   | none            |
+| `mixed-noscale` | float16                     | float32 masters   | none            |
+| `mixed-static`  | float16                     | float32 masters   | constant        |
+| `mixed-dynamic` | float16                     | float32 masters   | GradScaler      |
+| `bf16`          | bfloat16                    | float32 masters   | none (needless) |
+
+The loop is the paper's recipe in the order a reader must learn it (and the
+order nanoGPT uses): forward in 16 bits, loss in float32, scale the loss,
+backward, copy gradients to the masters, unscale, clip, step (or skip on
+inf/NaN), update the scale, refresh the 16-bit weights from the masters.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from minimp import checkpoint, nn, optim
+from minimp import functional as F
+from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler
+from minimp.data import Dataset
+from minimp.tensor import Tensor, bfloat16, float16, float32, no_grad, tensor
+
+__all__ = [
+    "REGIMES",
+    "History",
+    "Regime",
+    "Run",
+    "StepInfo",
+    "TrainConfig",
+    "train",
+]
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    dtype: Any  # of the model's weights, activations and gradients
+    master_weights: bool
+    loss_scaling: str | None  # None, "static" or "dynamic"
+    description: str
+
+
+REGIMES: dict[str, Regime] = {
+    r.name: r
+    for r in [
+        Regime("fp32", float32, False, None, "float32 everywhere: the baseline"),
+        Regime("fp16", float16, False, None, "pure float16: weights, gradients and updates"),
+        Regime("mixed-noscale", float16, True, None, "float16 compute, float32 masters"),
+        Regime("mixed-static", float16, True, "static", "... plus a constant loss scale"),
+        Regime("mixed-dynamic", float16, True, "dynamic", "... plus a dynamic loss scale"),
+        Regime("bf16", bfloat16, True, None, "bfloat16 compute, float32 masters"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a run trains and how. Defaults are the digits experiment (see README)."""
+
+    sizes: tuple[int, ...] = (64, 128, 128, 10)  # an MLP on 8x8 images, 10 classes
+    activation: str = "relu"
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    steps: int = 2000
+    seed: int = 0  # initialisation and data order
+    clip_norm: float | None = None
+    static_scale: float = 2.0**10  # mixed-static: mid-range of the paper's 8..32K
+    init_scale: float = 2.0**16  # mixed-dynamic: PyTorch's defaults, except
+    growth_interval: int = 200  # 2000 would never grow in a run this short
+    min_scale: float = 1.0  # below 1 scaling cannot help; stop with an explanation
+    eval_every: int = 100
+    record_every: int = 0  # call hooks every N steps (0: never)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        for name in ("batch_size", "steps", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class History:
+    """What a run measured, step by step: the input of every plot."""
+
+    regime: str
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)  # training batch loss (unscaled)
+    scale: list[float] = field(default_factory=list)  # loss scale used (1 without scaling)
+    skipped: list[bool] = field(default_factory=list)  # step skipped for inf/NaN
+    lost_updates: list[float] = field(default_factory=list)  # see Run._lost_fraction
+    eval_step: list[int] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepInfo:
+    """Handed to hooks after backward, before the optimizer step: everything a
+    gradient statistic might look at. Activations are each Linear layer's output,
+    with ``.grad`` (scaled, in the model's dtype) retained."""
+
+    step: int
+    regime: Regime
+    loss: float
+    scale: float
+    model: nn.Module
+    masters: MasterWeights | None
+    activations: list[tuple[str, Tensor]]
+    inputs: np.ndarray  # the batch
+    targets: np.ndarray
+
+
+Hook = Callable[[StepInfo], None]
+
+
+class Run:
+    """A regime, a config and a data set: the model, masters, optimizer, scaler,
+    and the history so far. ``run.train(n)`` trains n more steps; ``save``/``load``
+    checkpoint it, so a stopped run continues bit for bit."""
+
+    def __init__(self, regime: str | Regime, dataset: Dataset, config: TrainConfig = TrainConfig()):
+        self.regime = REGIMES[regime] if isinstance(regime, str) else regime
+        if config.sizes[0] != dataset.n_features or config.sizes[-1] != dataset.n_classes:
+            raise ValueError(
+                f"model sizes {config.sizes} do not fit {dataset.name}: "
+                f"{dataset.n_features} features in, {dataset.n_classes} classes out"
+            )
+        self.dataset, self.config = dataset, config
+        # The same float32 initialisation for every regime, rounded to its dtype.
+        self.model = nn.MLP(
+            config.sizes, config.activation, generator=np.random.default_rng(config.seed)
+        ).to(self.regime.dtype)
+        self.masters = MasterWeights(self.model) if self.regime.master_weights else None
+        params = self.masters.parameters() if self.masters else self.model.parameters()
+        if config.optimizer == "sgd":
+            self.optimizer = optim.SGD(params, config.lr, config.momentum, config.weight_decay)
+        else:
+            self.optimizer = optim.Adam(params, config.lr, weight_decay=config.weight_decay)
+        if self.regime.loss_scaling == "static":
+            self.scaler = StaticGradScaler(config.static_scale)
+        else:
+            self.scaler = GradScaler(
+                init_scale=config.init_scale,
+                growth_interval=config.growth_interval,
+                min_scale=config.min_scale,
+                enabled=self.regime.loss_scaling == "dynamic",
+            )
+        self.history = History(self.regime.name)
+        self.steps_done = 0
+
+    # ---- data order: a pure function of (seed, step), so a resumed run sees the same
+    def _batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self.dataset.x_train, self.dataset.y_train
+        per_epoch = len(x) // self.config.batch_size
+        epoch, i = divmod(step, per_epoch)
+        order = np.random.default_rng((self.config.seed, epoch)).permutation(len(x))
+        rows = order[i * self.config.batch_size : (i + 1) * self.config.batch_size]
+        return x[rows], y[rows]
+
+    def _forward(self, x: np.ndarray, keep: bool) -> tuple[Tensor, list[tuple[str, Tensor]]]:
+        h = tensor(x, dtype=self.regime.dtype)
+        kept = []
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h)
+            if keep and isinstance(layer, nn.Linear) and h.requires_grad:
+                kept.append((f"layers.{i}", h.retain_grad()))
+        return h, kept
+
+    def _loss(self, logits: Tensor, y: np.ndarray) -> Tensor:
+        # Mixed regimes compute the loss in float32 (sec. 3.3); pure fp16 stays fp16.
+        return F.cross_entropy(logits.float() if self.masters else logits, y)
+
+    def train(self, steps: int | None = None, hooks: Sequence[Hook] = (), progress=None) -> History:
+        steps = self.config.steps - self.steps_done if steps is None else steps
+        record_every = self.config.record_every
+        bar = _progress(steps, self.regime.name, progress)
+        for _ in range(steps):
+            step = self.steps_done
+            x, y = self._batch(step)
+            keep = bool(hooks) and record_every > 0 and step % record_every == 0
+            logits, activations = self._forward(x, keep)
+            loss = self._loss(logits, y)
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+            self.scaler.scale(loss).backward()
+            if self.masters:
+                self.masters.copy_grads_to_masters()
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)
+            if self.config.clip_norm is not None:
+                nn.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
+            if keep:
+                info = StepInfo(
+                    step, self.regime, loss.item(), scale, self.model, self.masters,
+                    activations, x, y,
+                )  # fmt: skip
+                for hook in hooks:
+                    hook(info)
+            before = [p.data for p in self.optimizer.param_groups[0]["params"]]
+            stepped = self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.masters:
+                self.masters.copy_masters_to_model()
+            self._record(step, loss.item(), scale, not stepped, before)
+            self.optimizer.zero_grad()
+            self.model.zero_grad()
+            self.steps_done += 1
+            if (
+                self.steps_done % self.config.eval_every == 0
+                or self.steps_done == self.config.steps
+            ):
+                self.evaluate()
+            bar.update()
+        bar.close()
+        return self.history
+
+    def _record(self, step: int, loss: float, scale: float, skipped: bool, before) -> None:
+        h = self.history
+        h.step.append(step)
+        h.loss.append(loss)
+        h.scale.append(scale)
+        h.skipped.append(skipped)
+        h.lost_updates.append(math.nan if skipped else self._lost_fraction(before))
+
+    def _lost_fraction(self, before: list[Any]) -> float:
+        """Of the weights whose gradient was nonzero, the fraction the update left
+        unchanged: the update was below half an ulp of the weight and rounded away
+        (sec. 3.1). Measured on what the optimizer updates: the float16 weights in
+        pure fp16, the float32 masters otherwise."""
+        lost = moved = 0
+        for p, old in zip(self.optimizer.param_groups[0]["params"], before, strict=True):
+            nonzero = p.grad.data != 0
+            lost += int((nonzero & (p.data == old)).sum())
+            moved += int(nonzero.sum())
+        return lost / moved if moved else math.nan
+
+    def save(self, path) -> None:
+        """Checkpoint everything the next step depends on, plus the histories."""
+        checkpoint.save(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            masters=self.masters,
+            scaler=self.scaler,
+            extra={
+                "regime": self.regime.name,
+                "config": asdict(self.config),
+                "steps_done": self.steps_done,
+                "history": self.history.to_dict(),
+                "scale_history": [asdict(r) for r in self.scaler.history],
+            },
+        )
+
+    def load(self, path) -> None:
+        """Continue from a checkpoint saved by a run of the same regime and config."""
+        extra = checkpoint.peek(path)
+        config = TrainConfig(**{**extra["config"], "sizes": tuple(extra["config"]["sizes"])})
+        if extra["regime"] != self.regime.name or config != self.config:
+            raise checkpoint.CheckpointError(
+                f"{path}: saved by a {extra['regime']!r} run with {config}, "
+                f"not this {self.regime.name!r} run with {self.config}"
+            )
+        checkpoint.load(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            masters=self.masters,
+            scaler=self.scaler,
+        )
+        self.steps_done = extra["steps_done"]
+        self.history = History(**extra["history"])
+        self.scaler.history = [ScaleRecord(**r) for r in extra["scale_history"]]
+
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy, in the regime's dtype (the model as deployed)."""
+        with no_grad():
+            logits, _ = self._forward(self.dataset.x_test, keep=False)
+            loss = self._loss(logits, self.dataset.y_test).item()
+        accuracy = float(np.mean(logits.numpy().argmax(axis=1) == self.dataset.y_test))
+        self.history.eval_step.append(self.steps_done)
+        self.history.test_loss.append(loss)
+        self.history.test_accuracy.append(accuracy)
+        return loss, accuracy
+
+
+def train(
+    regime: str | Regime,
+    dataset: Dataset,
+    config: TrainConfig = TrainConfig(),
+    hooks: Sequence[Hook] = (),
+    progress: bool | None = None,
+) -> History:
+    """Train one regime for ``config.steps`` steps and return its history."""
+    return Run(regime, dataset, config).train(hooks=hooks, progress=progress)
+
+
+class _NoBar:
+    def update(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, name: str, show: bool | None):
+    """A tqdm bar when asked for (default: only on an interactive terminal)."""
+    if show is None:
+        show = sys.stderr.isatty() and total >= 500
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=name, leave=False)
