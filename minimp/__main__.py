@@ -64,6 +64,25 @@ def demo(steps: int = 300, seed: int = 0) -> dict[str, float]:
     return results
 
 
+def regimes(seeds: int = 3, setting: str = "default") -> str:
+    """Train the regimes of a documented setting over several seeds; print the README table."""
+    from minimp import inspect
+    from minimp.train import LARGE_BATCH_ADAM, REGIMES, TrainConfig
+
+    config, names = {
+        "default": (TrainConfig(), tuple(REGIMES)),
+        "large-batch-adam": (LARGE_BATCH_ADAM, ("fp32", "mixed-noscale", "mixed-dynamic")),
+    }[setting]
+    results = inspect.compare_regimes(data.load_digits(), config, names, seeds=range(seeds))
+    table = inspect.markdown_table(inspect.summarize(results))
+    print(
+        f"digits, setting {setting!r}: MLP {config.sizes}, {config.optimizer}, lr {config.lr}, "
+        f"batch {config.batch_size}, {config.steps} steps, seeds 0..{seeds - 1}\n"
+    )
+    print(table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minimp",
@@ -73,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     run_demo = commands.add_parser("demo", help="a short tour of the engine")
     run_demo.add_argument("--steps", type=int, default=300)
+    run_regimes = commands.add_parser("regimes", help="the regimes side by side (about a minute)")
+    run_regimes.add_argument("--seeds", type=int, default=3)
+    run_regimes.add_argument(
+        "--setting", choices=["default", "large-batch-adam"], default="default"
+    )
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         demo(steps=getattr(args, "steps", 300))
+    elif args.command == "regimes":
+        regimes(args.seeds, args.setting)
     return 0
 
 

@@ -30,7 +30,11 @@ __all__ = [
     "GradientRecorder",
     "compare_regimes",
     "float32_gradients",
+    "log2_histogram",
+    "loss_scale_window",
     "markdown_table",
+    "memory_report",
+    "saved_arrays",
     "summarize",
 ]
 
@@ -56,6 +60,18 @@ def float32_gradients(
         name: {"activation": out.grad.numpy(), "weight": layer.weight.grad.numpy()}
         for name, layer, out in outputs
     }
+
+
+def log2_histogram(values: np.ndarray, edges: np.ndarray | None = None) -> dict[str, Any]:
+    """Counts of log2 |v| over the nonzero finite values, the zeros counted apart (they
+    have no logarithm): the data of the paper's Figure 3."""
+    values = np.asarray(values, np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    nonzero = np.abs(finite[finite != 0])
+    if edges is None:
+        edges = np.arange(-64, 17)
+    counts, edges = np.histogram(np.log2(nonzero), bins=edges)
+    return {"edges": edges, "counts": counts, "zeros": int(finite.size - nonzero.size)}
 
 
 @dataclass
@@ -98,6 +114,88 @@ class GradientRecorder:
             if r["kind"] == kind:
                 out.setdefault(r["layer"], []).append(r[key])
         return {layer: np.array(v) for layer, v in out.items()}
+
+
+# ---- the loss-scale advisor -------------------------------------------------------
+
+
+def loss_scale_window(
+    gradients: Sequence[np.ndarray], keep: float = 0.99, fmt: Any = "float16"
+) -> tuple[float, float]:
+    """The powers of two S that make the loss scale ``gradients`` need (sec. 3.2).
+
+    Scaling the loss by S scales every gradient by S. ``low`` is the smallest S for
+    which a share ``keep`` of the nonzero values satisfies |g| S >= the format's
+    smallest subnormal (so at most 1 - keep of the signal flushes to zero); ``high``
+    is the largest S for which max |g| S <= the format's max (nothing overflows).
+    ``low > high`` means no single scale does both: the values span more binades
+    than the format has. Pass float32 gradients of a real step (all layers, both
+    activation and weight gradients: one scale multiplies them all).
+    """
+    fmt = formats.get_format(fmt)
+    magnitudes = np.concatenate([np.abs(np.asarray(g, np.float64)).ravel() for g in gradients])
+    magnitudes = magnitudes[(magnitudes > 0) & np.isfinite(magnitudes)]
+    if magnitudes.size == 0:
+        raise ValueError("loss_scale_window: every gradient is zero or non-finite")
+    may_flush = math.floor((1.0 - keep) * magnitudes.size)  # values allowed to vanish
+    smallest_kept = np.partition(magnitudes, may_flush)[may_flush]
+    low = 2.0 ** math.ceil(math.log2(fmt.min_subnormal / smallest_kept))
+    high = 2.0 ** math.floor(math.log2(fmt.max / magnitudes.max()))
+    return low, high
+
+
+# ---- memory ------------------------------------------------------------------------
+
+
+def saved_arrays(output: Tensor) -> list[Any]:
+    """The arrays the autograd graph behind ``output`` keeps alive for backward: what
+    each op's closure holds (its inputs' arrays, or its own output), each array once.
+    This is the "activations" line of a memory budget, measured, not estimated."""
+    found: dict[int, Any] = {}
+    for node in output._topological_order():
+        for cell in getattr(node._backward, "__closure__", None) or ():
+            for value in _flatten(cell.cell_contents):
+                if isinstance(value, Tensor):
+                    value = value.data
+                if hasattr(value, "nbytes") and getattr(value, "ndim", 0) > 0:
+                    found[id(value)] = value
+    return list(found.values())
+
+
+def _flatten(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def memory_report(run: Run) -> dict[str, int]:
+    """Bytes held by one training step of ``run``, by category, from its real arrays:
+    parameters (the model, in its dtype), master weights, gradients (the model's and
+    the masters'), optimizer state, and the activations the graph saves for backward
+    (inputs and parameters excluded). Runs one step on the run's next batch."""
+    x, y = run._batch(run.steps_done)
+    logits, _ = run._forward(x, keep=False)
+    loss = run._loss(logits, y)
+    params = {id(p.data) for p in run.model.parameters()}
+    activations = sum(a.nbytes for a in saved_arrays(loss) if id(a) not in params)
+    run.scaler.scale(loss).backward()
+    grads = sum(p.grad.data.nbytes for p in run.model.parameters() if p.grad is not None)
+    if run.masters:
+        run.masters.copy_grads_to_masters()
+        grads += sum(m.grad.data.nbytes for m in run.masters.parameters())
+    run.optimizer.step()
+    state = sum(
+        v.nbytes for s in run.optimizer.state.values() for v in s.values() if hasattr(v, "nbytes")
+    )
+    run.optimizer.zero_grad()
+    run.model.zero_grad()
+    return {
+        "parameters": sum(p.data.nbytes for p in run.model.parameters()),
+        "master weights": sum(m.data.nbytes for m in run.masters.parameters())
+        if run.masters
+        else 0,
+        "gradients": grads,
+        "optimizer state": state,
+        "activations": activations,
+    }
 
 
 # ---- the regimes side by side ---------------------------------------------------
@@ -170,7 +268,7 @@ def markdown_table(rows: list[dict]) -> str:
         flushed = "n/a" if math.isnan(r["activation_flushed"]) else f"{r['activation_flushed']:.1%}"
         lines.append(
             f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
-            f"| {r['loss_mean']:.5f} ± {r['loss_std']:.5f} | {r['lost_updates']:.1%} "
+            f"| {r['loss_mean']:.3g} ± {r['loss_std']:.2g} | {r['lost_updates']:.1%} "
             f"| {r['skipped']:.1f} | {flushed} |"
         )
     return "\n".join(lines)

@@ -35,6 +35,7 @@ from minimp.data import Dataset
 from minimp.tensor import Tensor, bfloat16, float16, float32, no_grad, tensor
 
 __all__ = [
+    "LARGE_BATCH_ADAM",
     "REGIMES",
     "History",
     "Regime",
@@ -94,6 +95,16 @@ class TrainConfig:
         for name in ("batch_size", "steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+# The setting where unscaled float16 gradients do hurt (README, "When scaling matters"):
+# large-batch Adam. The mean over 1024 examples divides each example's gradient by
+# 2^10, and late in training the loss itself is small, so most gradients fall below
+# float16's 2^-24; Adam's step does not shrink with the gradient, so in float32 those
+# tiny gradients still move the weights, while float16 has flushed them to zero.
+LARGE_BATCH_ADAM = TrainConfig(
+    optimizer="adam", lr=1e-3, batch_size=1024, steps=3000, eval_every=500
+)
 
 
 @dataclass
