@@ -80,6 +80,9 @@ def regimes(seeds: int = 3, setting: str = "default") -> str:
         f"batch {config.batch_size}, {config.steps} steps, seeds 0..{seeds - 1}\n"
     )
     print(table)
+    print("\nfinal training loss / fp32's, per seed:")
+    for name, ratios in inspect.loss_ratios(results).items():
+        print(f"  {name:14} " + "  ".join(f"{r:.2f}" for r in ratios))
     return table
 
 
@@ -97,9 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     run_regimes.add_argument(
         "--setting", choices=["default", "large-batch-adam"], default="default"
     )
+    commands.add_parser("figures", help="measure and redraw every figure in figures/")
     args = parser.parse_args(argv)
     if args.command in (None, "demo"):
         demo(steps=getattr(args, "steps", 300))
+    elif args.command == "figures":
+        from minimp import figures
+
+        figures.make_all()
+        print(f"wrote {len(figures.FIGURES)} figures to {figures.FIGURES_DIR}")
     elif args.command == "regimes":
         regimes(args.seeds, args.setting)
     return 0

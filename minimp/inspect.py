@@ -31,6 +31,7 @@ __all__ = [
     "compare_regimes",
     "float32_gradients",
     "log2_histogram",
+    "loss_ratios",
     "loss_scale_window",
     "markdown_table",
     "memory_report",
@@ -247,6 +248,18 @@ def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) ->
             }
         )
     return rows
+
+
+def loss_ratios(results: dict[str, list], reference: str = "fp32") -> dict[str, list[float]]:
+    """Per seed, each regime's final training loss divided by the reference regime's on
+    the same seed: the paired comparison, free of seed-to-seed variation."""
+    final = {
+        name: [float(np.mean(h.loss[-100:])) for h, _ in runs] for name, runs in results.items()
+    }
+    return {
+        name: [a / b for a, b in zip(losses, final[reference], strict=True)]
+        for name, losses in final.items()
+    }
 
 
 def _late_activation_flush(records: list[dict[str, Any]]) -> float:

@@ -90,3 +90,5 @@ def test_memory_report_halves_parameters_and_activations_in_float16():
     assert mixed["master weights"] == fp32["parameters"]
     assert mixed["activations"] < 0.55 * fp32["activations"]
     assert fp32["master weights"] == 0
+    # On a network this small the weights dominate: the masters make mixed cost more.
+    assert sum(mixed.values()) > sum(fp32.values())

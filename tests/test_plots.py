@@ -1,0 +1,231 @@
+"""The figures: each draws headless from small synthetic data, says what it shows
+(labels, titles, log scales), writes the numbers it claims, and saves as PNG."""
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from minimp import formats, plots
+
+REGIMES = ("fp32", "fp16", "mixed-noscale", "mixed-static", "mixed-dynamic", "bf16")
+
+
+def texts(fig: Figure) -> list[str]:
+    """Every string drawn in the figure: titles, labels, annotations, legend entries."""
+    return [t.get_text() for t in fig.findobj(Text)]
+
+
+def saves(fig: Figure, tmp_path: Path) -> None:
+    path = tmp_path / "x.png"
+    fig.savefig(path, dpi=60)
+    assert path.stat().st_size > 1000
+
+
+def test_imports_only_numpy_matplotlib_and_formats():
+    tree = ast.parse(Path(plots.__file__).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots = {m.split(".")[0] for m in modules}
+    allowed = {"__future__", "collections", "typing", "math", "re", "numpy", "matplotlib", "minimp"}
+    assert roots <= allowed
+    assert {m for m in modules if m.startswith("minimp")} == {"minimp.formats"}
+
+
+def test_every_regime_and_format_has_its_own_colour():
+    names = [*REGIMES, "float8_e4m3fn", "float8_e5m2"]
+    assert len({plots.COLORS[n] for n in names}) == len(names)
+    assert set(plots.COLORS.values()) <= set(plots.OKABE_ITO.values())
+    assert plots.COLORS["float16"] == plots.COLORS["fp16"]
+    assert plots.COLORS["bfloat16"] == plots.COLORS["bf16"]
+
+
+def test_number_line(tmp_path):
+    fig = plots.number_line(formats.FORMATS)
+    (ax,) = [a for a in fig.axes if a.get_xlabel()]
+    assert ax.get_xlabel().startswith("log2 |x|")
+    assert "fp16" in ax.get_title()
+    drawn = texts(fig)
+    assert any("65504" in t for t in drawn) and any("2^{-24}" in t for t in drawn)
+    for m in (23, 10, 7, 3, 2):  # each format's eps
+        assert any(f"2^{{-{m}}}" in t for t in drawn)
+    assert "NaN" in drawn  # e4m3fn has no inf
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0].startswith("fp8 e5m2") and labels[-1].startswith("fp32")
+    saves(fig, tmp_path)
+
+
+def test_underflow_histogram_writes_the_measured_fractions(tmp_path):
+    rng = np.random.default_rng(0)
+    values = (2.0 ** rng.uniform(-40, 0, 20_000) * rng.choice([-1, 1], 20_000)).astype(np.float32)
+    values[:100] = 0  # true zeros do not count as flushed
+    scales = (1.0, 2.0**12, 2.0**30)
+    fig = plots.underflow_histogram(
+        values, "float16", scales, scale_window=(2.0**4, 2.0**16), settled_scale=2.0**14
+    )
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert ax.get_xlabel().startswith("log2 |value × S|")
+    assert "fraction of nonzero values" in ax.get_ylabel()
+    assert "fp16" in ax.get_title()
+    drawn = " ".join(texts(fig))
+    for s in scales:
+        counts = formats.count_categories(values * s, "float16")
+        nonzero = values.size - counts["zero"]
+        flushed, overflow = counts["flushed_to_zero"] / nonzero, counts["overflow"] / nonzero
+        for fraction, what in ((flushed, "flushed to zero"), (overflow, "overflow")):
+            assert fraction == 0 or fraction >= 0.001  # written to 0.1%, or as 0%
+            assert f"{fraction:.1%} {what}" in drawn if fraction else f" 0% {what}" in drawn
+    assert "65504" in drawn and "2^{-24}" in drawn and "2^{-14}" in drawn
+    assert "settled at S = $2^{14}$" in drawn
+    saves(fig, tmp_path)
+
+
+def test_underflow_histogram_other_format_and_title():
+    values = np.float32([1e-12, 1e-3, 1.0, 1e4, 0.0])
+    fig = plots.underflow_histogram(values, formats.BFLOAT16, title="bf16 needs no scaling")
+    assert fig.axes[0].get_title() == "bf16 needs no scaling"
+    assert "0% flushed to zero" in " ".join(texts(fig))
+
+
+def _records(steps=5, layers=("layers.0", "layers.2", "layers.4")):
+    return [
+        {
+            "step": 10 * step,
+            "layer": layer,
+            "kind": kind,
+            "scale": 1.0,
+            "flushed_of_nonzero": 0.05 * i + 0.01 * step,
+            "zero": 0.1,
+            "subnormal": 0.1,
+            "normal": 0.8,
+            "overflow": 0.0,
+        }
+        for step in range(steps)
+        for i, layer in enumerate(layers)
+        for kind in ("activation", "weight")
+    ]
+
+
+def test_layer_underflow(tmp_path):
+    fig = plots.layer_underflow(_records(), title="three layers")
+    axes = [a for a in fig.axes if a.lines]
+    assert len(axes) == 2
+    assert axes[0].get_title().startswith("activation")
+    assert axes[1].get_title().startswith("weight")
+    assert all(a.get_xlabel() == "training step" for a in axes)
+    assert "flushed to zero" in axes[0].get_ylabel()
+    assert fig.get_suptitle() == "three layers"
+    assert {"layer 1 (input)", "layer 2", "layer 3 (output)"} <= set(texts(fig))
+    assert all(len(a.lines) == 3 and len(a.lines[0].get_xdata()) == 5 for a in axes)
+    saves(fig, tmp_path)
+
+
+def _scale_history(n=60, skip_every=17):
+    skipped = np.arange(n) % skip_every == skip_every - 1
+    scale = 2.0 ** (16 - np.cumsum(np.concatenate([[False], skipped[:-1]])))
+    return {"step": np.arange(n), "scale": scale, "found_inf": skipped, "skipped": skipped}
+
+
+def test_loss_scale_trace_one_run_and_several(tmp_path):
+    h = _scale_history()
+    fig = plots.loss_scale_trace(h)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xlabel() == "training step"
+    assert "loss scale" in ax.get_ylabel()
+    assert f"scale S ({int(h['skipped'].sum())} skipped steps)" in texts(fig)
+    saves(fig, tmp_path)
+
+    static = {**h, "scale": np.full(60, 1024.0), "skipped": np.zeros(60, bool)}
+    fig = plots.loss_scale_trace({"dynamic": h, "static": static}, title="two scalers")
+    drawn = texts(fig)
+    assert "dynamic: scale S (3 skipped steps)" in drawn
+    assert "static: scale S (0 skipped steps)" in drawn
+    assert fig.axes[0].get_title() == "two scalers"
+
+
+def test_loss_scale_trace_without_history():
+    empty = {k: np.array([]) for k in ("step", "scale", "found_inf", "skipped")}
+    assert isinstance(plots.loss_scale_trace(empty), Figure)
+
+
+def test_master_weights(tmp_path):
+    n = 200
+    exact = 1.0 + 1e-4 * np.arange(n)
+    master = exact.astype(np.float32)
+    trace = {
+        "step": np.arange(n),
+        "float16": np.ones(n, np.float16),
+        "master": master,
+        "float16_copy": master.astype(np.float16),
+        "exact": exact,
+    }
+    lost = {"fp16": np.full(n, 0.5), "fp32": np.zeros(n), "mixed-dynamic": np.full(n, np.nan)}
+    fig = plots.master_weights(trace, lost, smooth=20)
+    left, right = fig.axes[:2]
+    assert left.get_ylabel() == "weight value" and left.get_xlabel() == "update step"
+    assert "20-step moving average" in right.get_ylabel()
+    assert right.get_ylim()[0] <= 0 and right.get_ylim()[1] >= 1
+    assert {"fp16", "fp32", "float32 master"} <= set(texts(fig))
+    saves(fig, tmp_path)
+    assert len(plots.master_weights(trace).axes[0].child_axes) == 1  # the zoom inset
+
+
+def _history(regime, seed, steps=120):
+    rng = np.random.default_rng(seed)
+    loss = 2.3 * np.exp(-np.arange(steps) / 30) + 0.05 + rng.uniform(0, 0.01, steps)
+    if regime == "fp16" and seed == 1:
+        loss[80:] = np.nan
+    eval_step = list(range(20, steps + 1, 20))
+    return {
+        "step": list(range(steps)),
+        "loss": list(loss),
+        "eval_step": eval_step,
+        "test_accuracy": list(np.linspace(0.3, 0.95, len(eval_step))),
+        "test_loss": list(np.linspace(2.0, 0.2, len(eval_step))),
+    }
+
+
+def test_regimes_compared(tmp_path):
+    histories = {r: [_history(r, seed) for seed in range(2)] for r in REGIMES}
+    fig = plots.regimes_compared(histories, smooth=10)
+    loss, accuracy = fig.axes
+    assert loss.get_yscale() == "log"
+    assert "10-step moving average" in loss.get_title()
+    assert "training loss" in loss.get_ylabel() and accuracy.get_ylabel() == "test accuracy"
+    assert loss.get_xlabel() == accuracy.get_xlabel() == "training step"
+    drawn = texts(fig)
+    assert {"fp32", "mixed-dynamic", "bf16"} <= set(drawn)
+    assert "fp16 (NaN/inf loss in 1 of 2 seeds)" in drawn
+    assert "mean of 2 seeds" in fig.get_suptitle()
+    styles = {(line.get_color(), str(line.get_linestyle())) for line in loss.lines}
+    assert len(styles) == len(REGIMES)
+    saves(fig, tmp_path)
+
+
+@pytest.mark.parametrize(("scale", "unit"), [(1, "KiB"), (4096, "MiB")])
+def test_memory_bars(tmp_path, scale, unit):
+    per_param = {"fp32": (4, 0, 4, 8), "fp16": (2, 0, 2, 4), "mixed-dynamic": (2, 4, 2, 8)}
+    memory = {
+        r: {
+            "parameters": 1000 * scale * p,
+            "master weights": 1000 * scale * m,
+            "gradients": 1000 * scale * g,
+            "optimizer state": 1000 * scale * o,
+            "activations": 300 * scale * p,
+        }
+        for r, (p, m, g, o) in per_param.items()
+    }
+    fig = plots.memory_bars(memory)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == f"memory ({unit})"
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(memory)
+    drawn = texts(fig)
+    assert set(plots.CATEGORY_ORDER) <= set(drawn)
+    total = sum(memory["fp32"].values()) / (1024 if unit == "KiB" else 1024**2)
+    assert any(t.startswith(f"{total:.3g} {unit}") for t in drawn)
+    assert any("0.50× fp32" in t for t in drawn)
+    saves(fig, tmp_path)

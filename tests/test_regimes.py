@@ -1,0 +1,119 @@
+"""What the paper predicts, checked on real runs, and the README's table kept honest.
+
+The runs are the documented defaults (``TrainConfig()``) on the shipped digits,
+seeds 0, 1, 2, exactly what ``python -m minimp regimes`` prints into the README;
+they take about a minute, so they are computed once for the whole module.
+"""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minimp import data, inspect
+from minimp.train import LARGE_BATCH_ADAM, TrainConfig
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def default_runs():
+    return inspect.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def summary(default_runs):
+    return {row["regime"]: row for row in inspect.summarize(default_runs)}
+
+
+def test_mixed_dynamic_matches_fp32_accuracy_within_one_point(summary):
+    """Micikevicius et al. 2018, sec. 4: mixed precision matches the FP32 baseline."""
+    gap = abs(summary["mixed-dynamic"]["accuracy_mean"] - summary["fp32"]["accuracy_mean"])
+    assert gap <= 0.01
+
+
+def test_pure_fp16_loses_most_updates_late_and_ends_worse_in_training_loss(summary):
+    """sec. 3.1: updates below half an ulp of a float16 weight are rounded away."""
+    assert summary["fp16"]["lost_updates"] > 0.5
+    assert summary["fp32"]["lost_updates"] < 0.05
+    worse = summary["fp16"]["loss_mean"] - summary["fp32"]["loss_mean"]
+    spread = summary["fp16"]["loss_std"] + summary["fp32"]["loss_std"]
+    assert worse > 10 * spread and worse > 0.2 * summary["fp32"]["loss_mean"]
+
+
+def test_mixed_noscale_flushes_a_large_share_of_activation_gradients_late(summary):
+    """sec. 3.2: without scaling, small activation gradients become zero in float16;
+    scaling shifts them into range; bf16 has float32's range and flushes none."""
+    assert summary["mixed-noscale"]["activation_flushed"] > 0.3
+    assert (
+        summary["mixed-dynamic"]["activation_flushed"]
+        < 0.5 * summary["mixed-noscale"]["activation_flushed"]
+    )
+    assert summary["bf16"]["activation_flushed"] < 0.001
+
+
+def test_the_flushed_share_grows_as_training_proceeds(default_runs):
+    _, records = default_runs["mixed-noscale"][0]
+    by_step = {}
+    for r in records:
+        if r["kind"] == "activation":
+            by_step.setdefault(r["step"], []).append(r["flushed_of_nonzero"])
+    steps = sorted(by_step)
+    assert np.mean(by_step[steps[-1]]) > 5 * np.mean(by_step[steps[0]])
+
+
+def _readme_rows(heading: str) -> dict[str, list[str]]:
+    """The table under a README heading: {regime: cells}."""
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    rows = {}
+    for line in section.splitlines()[1:]:
+        match = re.match(r"\| `([\w-]+)` \|(.*)\|$", line)
+        if match:
+            rows[match[1]] = [c.strip() for c in match[2].split("|")]
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def _number(cell: str) -> float:
+    return float(re.match(r"[-+\d.eE]+", cell)[0])
+
+
+def test_the_readme_table_is_what_the_code_measures(summary):
+    """Every number in the README's regime table, recomputed (to its printed precision,
+    with room for the last digit of BLAS summation order on another machine)."""
+    rows = _readme_rows("### The regimes on the digits")
+    assert set(rows) == set(summary)
+    for name, cells in rows.items():
+        row = summary[name]
+        assert _number(cells[0]) == pytest.approx(100 * row["accuracy_mean"], abs=0.3)
+        assert _number(cells[1]) == pytest.approx(row["loss_mean"], rel=0.03)
+        assert _number(cells[2]) == pytest.approx(100 * row["lost_updates"], abs=1.0)
+        assert _number(cells[3]) == pytest.approx(row["skipped"], abs=1.0)
+        if cells[4] != "n/a":
+            assert _number(cells[4]) == pytest.approx(100 * row["activation_flushed"], abs=2.0)
+
+
+def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
+    """The documented setting where scaling matters, seed 0 of the README's three
+    (all three take four minutes): mixed-noscale ends with a clearly higher training
+    loss than fp32 on the same seed, mixed-dynamic with fp32's."""
+    runs = inspect.compare_regimes(
+        data.load_digits(), LARGE_BATCH_ADAM, ("fp32", "mixed-noscale", "mixed-dynamic"), (0,)
+    )
+    ratios = inspect.loss_ratios(runs)
+    assert ratios["mixed-noscale"][0] > 1.2
+    assert abs(ratios["mixed-dynamic"][0] - 1) < 0.05
+    readme = _readme_rows("Final training loss divided by fp32's")
+    assert _number(readme["mixed-noscale"][0]) == pytest.approx(
+        ratios["mixed-noscale"][0], abs=0.05
+    )
+    assert _number(readme["mixed-dynamic"][0]) == pytest.approx(
+        ratios["mixed-dynamic"][0], abs=0.05
+    )
+    assert all(_number(c) > 1 for c in readme["mixed-noscale"])
+    flushed = inspect.summarize(runs)[1]["activation_flushed"]
+    table = _readme_rows("### When scaling matters")
+    assert _number(table["mixed-noscale"][4]) == pytest.approx(100 * flushed, abs=5)
