@@ -1,5 +1,8 @@
 """``python -m minimp``: the command line.
 
+    python -m minimp            run every lesson in notebooks/ (redraws the figures)
+    python -m minimp lessons 02 run the lessons whose names start with 02
+    python -m minimp notebooks  regenerate each lesson's .ipynb from its .py
 python -m minimp demo     a short tour of the engine, every number measured
 """
 
@@ -101,9 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         "--setting", choices=["default", "large-batch-adam"], default="default"
     )
     commands.add_parser("figures", help="measure and redraw every figure in figures/")
+    run_lessons = commands.add_parser("lessons", help="run lessons as scripts (default: all)")
+    run_lessons.add_argument("names", nargs="*", help="lesson name prefixes, e.g. 01 03")
+    commands.add_parser("notebooks", help="regenerate each lesson's .ipynb from its .py")
     args = parser.parse_args(argv)
-    if args.command in (None, "demo"):
-        demo(steps=getattr(args, "steps", 300))
+    if args.command in (None, "lessons"):
+        from minimp import lessons
+
+        names = getattr(args, "names", [])
+        chosen = [p for p in lessons.lesson_paths() if not names or p.name.startswith(tuple(names))]
+        if not chosen:
+            parser.error(f"no lesson matches {names}: see {lessons.NOTEBOOKS}")
+        for path in chosen:
+            lessons.run_lesson(path)
+    elif args.command == "notebooks":
+        from minimp import lessons
+
+        for path in lessons.write_notebooks():
+            print(f"wrote {path}")
+    elif args.command == "demo":
+        demo(steps=args.steps)
     elif args.command == "figures":
         from minimp import figures
 

@@ -12,6 +12,6 @@ def test_demo_trains_both_dtypes_to_a_useful_accuracy(capsys):
     assert accuracy["float32"] > 0.85 and accuracy["float16"] > 0.85
 
 
-def test_main_runs_the_demo_by_default(capsys):
+def test_main_runs_the_demo(capsys):
     assert main(["demo", "--steps", "5"]) == 0
     assert "test accuracy" in capsys.readouterr().out

@@ -1,0 +1,119 @@
+"""The step timer: sane, positive values in a quick run; the step it times is the
+training loop's step. No test asserts a time or a speed ratio: those depend on the
+machine and its load."""
+
+import math
+
+import numpy as np
+import pytest
+
+from minimp import backend, bench, data, inspect
+from minimp.train import REGIMES, Run, TrainConfig
+
+DIGITS = data.load_digits()
+TINY = dict(sizes=(8, 16, 4), batch_size=16, steps=2, repeats=3, warmup=1)
+CATEGORIES = {"parameters", "master weights", "gradients", "optimizer state", "activations"}
+
+
+@pytest.mark.parametrize("regime", ["fp32", "mixed-dynamic", "bf16"])
+def test_a_quick_measurement_returns_sane_positive_values(regime):
+    r = bench.time_training_steps(regime, **TINY)
+    assert r["regime"] == regime and r["device"] == "cpu" and r["device_name"].startswith("cpu")
+    assert r["dtype"] == str(REGIMES[regime].dtype)
+    assert len(r["samples_s"]) == 3 and all(s > 0 for s in r["samples_s"])
+    assert r["step_time_min_s"] <= r["step_time_s"] <= r["step_time_max_s"]
+    assert r["examples_per_s"] == pytest.approx(16 / r["step_time_s"])
+    assert set(r["memory"]) == CATEGORIES
+    assert r["memory_total"] == sum(r["memory"].values())
+    assert math.isfinite(r["loss"]) and r["loss"] > 0
+
+
+def test_bytes_follow_the_dtypes():
+    n_params = 8 * 16 + 16 + 16 * 4 + 4
+    fp32 = bench.time_training_steps("fp32", **TINY)["memory"]
+    mixed = bench.time_training_steps("mixed-dynamic", **TINY)["memory"]
+    assert fp32["parameters"] == 4 * n_params and fp32["master weights"] == 0
+    assert mixed["parameters"] == 2 * n_params and mixed["master weights"] == 4 * n_params
+    # the model's float16 gradients and the masters' float32 ones
+    assert mixed["gradients"] == 6 * n_params
+    assert 0 < mixed["activations"] < fp32["activations"]
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_memory_agrees_with_inspect_memory_report(regime):
+    config = TrainConfig()
+    step = bench.TrainingStep.build(regime, config, DIGITS.x_train, DIGITS.y_train)
+    assert step.memory() == inspect.memory_report(Run(regime, DIGITS, config))
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_the_timed_step_is_the_training_loop_bit_for_bit(regime):
+    """Fed Run's batches in Run's order, the timed step makes the same losses and weights."""
+    config = TrainConfig(sizes=(64, 32, 10), steps=6, eval_every=6)
+    run = Run(regime, DIGITS, config)
+    batches = [run._batch(i) for i in range(config.steps)]
+    inputs = np.concatenate([x for x, _ in batches])
+    targets = np.concatenate([y for _, y in batches])
+    step = bench.TrainingStep.build(regime, config, inputs, targets, n_batches=config.steps)
+    losses = [step().item() for _ in range(config.steps)]
+    history = run.train()
+    assert losses == history.loss
+    for a, b in zip(step.model.parameters(), run.model.parameters(), strict=True):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def test_time_steps_calls_the_step_warmup_plus_steps_times_repeats():
+    calls = []
+    r = bench.time_steps(lambda: calls.append(1), steps=4, repeats=3, warmup=2)
+    assert len(calls) == 2 + 4 * 3 and len(r["samples_s"]) == 3
+    with pytest.raises(ValueError, match="steps >= 1"):
+        bench.time_steps(lambda: None, steps=0)
+
+
+def test_interleaved_timing_takes_one_block_of_each_contender_per_round():
+    calls = []
+    r = bench.time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        steps=2,
+        repeats=2,
+        warmup=1,
+    )
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2
+    assert set(r) == {"a", "b"} and all(len(v["samples_s"]) == 2 for v in r.values())
+
+
+def test_compare_training_steps_times_every_regime_on_the_same_problem():
+    names = ["fp32", "mixed-dynamic", "bf16"]
+    options = {k: v for k, v in TINY.items() if k not in ("sizes", "batch_size")}
+    r = bench.compare_training_steps(names, (8, 16, 4), 16, **options)
+    assert list(r) == names
+    assert {v["sizes"][0] for v in r.values()} == {8} and all(
+        v["step_time_s"] > 0 for v in r.values()
+    )
+    # same initialisation and batches: the losses agree to the 16-bit formats' precision
+    for v in r.values():
+        assert v["loss"] == pytest.approx(r["fp32"]["loss"], rel=0.05)
+    with pytest.raises(ValueError, match="timed once"):
+        bench.compare_training_steps(["fp32", "fp32"], (8, 16, 4), 16, **options)
+
+
+def test_too_little_data_for_one_batch_is_an_error():
+    x, y = DIGITS.x_train[:10], DIGITS.y_train[:10]
+    with pytest.raises(ValueError, match="do not make a batch of 64"):
+        bench.TrainingStep.build("fp32", TrainConfig(), x, y)
+
+
+@pytest.mark.skipif(backend.cuda_available(), reason="checks the message on a machine without GPU")
+def test_cuda_without_a_gpu_says_why():
+    with pytest.raises(RuntimeError, match="device 'cuda' requested"):
+        bench.time_training_steps("fp32", **TINY, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.cuda_available(), reason="needs CuPy and a CUDA GPU")
+def test_on_the_gpu():
+    r = bench.time_training_steps("mixed-dynamic", **TINY, device="cuda")
+    assert r["device"] == "cuda" and r["device_name"].startswith("cuda")
+    assert r["step_time_s"] > 0 and math.isfinite(r["loss"])
+    with pytest.raises(ValueError, match="bfloat16"):
+        bench.time_training_steps("bf16", **TINY, device="cuda")
