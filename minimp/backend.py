@@ -108,10 +108,14 @@ def narrow(array: Any, dtype: Any) -> Any:
     cast that follows has nothing left to round.
     """
     if dtype == np.float16 and array_module(array) is np and array.dtype == np.float32:
-        tiny = np.abs(array) < np.float32(2.0**-14)
+        if not array.flags.c_contiguous:  # so that its bits can be viewed
+            array = array.copy()
+        # nonzero and below 2^-14, read off the bits: |x| - 1 wraps around for zeros
+        tiny = (array.view(np.uint32) & 0x7FFF_FFFF) - np.uint32(1) < np.uint32(0x387F_FFFF)
         if tiny.any():
-            rounded = np.rint(array * np.float32(2.0**24)) * np.float32(2.0**-24)
-            array = np.where(tiny, rounded, array)
+            rounded = np.rint(array[tiny] * np.float32(2.0**24)) * np.float32(2.0**-24)
+            array = array.copy()
+            array[tiny] = rounded
     return array.astype(dtype, copy=False)
 
 

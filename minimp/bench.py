@@ -39,20 +39,18 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from minimp import backend, nn, optim
-from minimp import functional as F
-from minimp.amp import GradScaler, MasterWeights, StaticGradScaler
-from minimp.inspect import saved_arrays
-from minimp.tensor import Tensor, bfloat16, no_grad, tensor
-from minimp.train import REGIMES, Regime, TrainConfig
+from minimp import backend
+from minimp.data import Dataset
+from minimp.inspect import memory_report
+from minimp.tensor import Tensor, no_grad
+from minimp.train import Regime, Run, TrainConfig
 
 __all__ = [
-    "TrainingStep",
     "compare_training_steps",
     "device_name",
     "synchronize",
@@ -147,128 +145,17 @@ def time_interleaved(
     }
 
 
-@dataclass
-class TrainingStep:
-    """One regime's training step on one device, as a callable: ``step()`` trains on
-    the next batch (cycling through ``batches``) and returns the loss tensor."""
+class _RunSteps:
+    """A ``Run``'s training step as a callable for the timer: each call is ``run.step``
+    on the next of a few batches already converted and moved to the device."""
 
-    regime: Regime
-    config: TrainConfig
-    model: nn.Sequential
-    masters: MasterWeights | None
-    optimizer: optim.Optimizer
-    scaler: GradScaler
-    batches: list[tuple[Tensor, Any]]  # inputs in the regime's dtype, class indices
-    done: int = 0
-
-    @classmethod
-    def build(
-        cls,
-        regime: str | Regime,
-        config: TrainConfig,
-        inputs: np.ndarray,
-        targets: np.ndarray,
-        device: str = "cpu",
-        n_batches: int = 8,
-    ) -> TrainingStep:
-        """Model, masters, optimizer and scaler as ``minimp.train.Run`` makes them, on
-        ``device``; the first ``n_batches`` batches of (inputs, targets), moved there."""
-        regime = REGIMES[regime] if isinstance(regime, str) else regime
-        backend.check_device(device)
-        if device == "cuda" and regime.dtype == bfloat16:
-            raise ValueError(
-                f"regime {regime.name!r} computes in bfloat16, which minimp keeps on the CPU: "
-                "CuPy cannot hold ml_dtypes' bfloat16 arrays. Time it with device='cpu'"
-            )
-        n = min(n_batches, len(inputs) // config.batch_size)
-        if n < 1:
-            raise ValueError(f"{len(inputs)} examples do not make a batch of {config.batch_size}")
-        model = nn.MLP(
-            config.sizes,
-            config.activation,
-            device=device,
-            generator=np.random.default_rng(config.seed),
-        ).to(regime.dtype)
-        masters = MasterWeights(model) if regime.master_weights else None
-        params = masters.parameters() if masters else model.parameters()
-        if config.optimizer == "sgd":
-            optimizer = optim.SGD(params, config.lr, config.momentum, config.weight_decay)
-        else:
-            optimizer = optim.Adam(params, config.lr, weight_decay=config.weight_decay)
-        if regime.loss_scaling == "static":
-            scaler = StaticGradScaler(config.static_scale)
-        else:
-            scaler = GradScaler(
-                init_scale=config.init_scale,
-                growth_interval=config.growth_interval,
-                min_scale=config.min_scale,
-                enabled=regime.loss_scaling == "dynamic",
-            )
-        xp = backend.array_module(model.parameters()[0].data)
-        batches = []
-        for i in range(n):
-            rows = slice(i * config.batch_size, (i + 1) * config.batch_size)
-            x = tensor(inputs[rows], dtype=regime.dtype, device=device)
-            batches.append((x, xp.asarray(targets[rows])))
-        return cls(regime, config, model, masters, optimizer, scaler, batches)
-
-    def loss(self, x: Tensor, y: Any) -> Tensor:
-        """Forward pass; with master weights the loss is computed in float32 (sec. 3.3)."""
-        logits = self.model(x)
-        return F.cross_entropy(logits.float() if self.masters else logits, y)
+    def __init__(self, run: Run, n_batches: int) -> None:
+        self.run = run
+        self.batches = [run.to_device(*run._batch(i)) for i in range(n_batches)]
 
     def __call__(self) -> Tensor:
-        x, y = self.batches[self.done % len(self.batches)]
-        loss = self.loss(x, y)
-        self.scaler.scale(loss).backward()
-        self._update()
-        return loss
-
-    def _update(self) -> None:
-        """Everything after backward: the masters' gradients, unscale, clip, step, scale."""
-        if self.masters:
-            self.masters.copy_grads_to_masters()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        if self.config.clip_norm is not None:
-            nn.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.masters:
-            self.masters.copy_masters_to_model()
-        self.optimizer.zero_grad()
-        self.model.zero_grad()
-        self.done += 1
-
-    def memory(self) -> dict[str, int]:
-        """Bytes one step holds, by category (as ``inspect.memory_report``), measured
-        while running one real step: the activations the graph saves for backward
-        (the batch included, the parameters not), then the gradients, then the optimizer state."""
-        x, y = self.batches[self.done % len(self.batches)]
-        loss = self.loss(x, y)
-        params = {id(p.data) for p in self.model.parameters()}
-        activations = sum(a.nbytes for a in saved_arrays(loss) if id(a) not in params)
-        self.scaler.scale(loss).backward()
-        gradients = sum(p.grad.data.nbytes for p in self.model.parameters() if p.grad is not None)
-        if self.masters:
-            self.masters.copy_grads_to_masters()
-            gradients += sum(m.grad.data.nbytes for m in self.masters.parameters())
-        self._update()
-        state = sum(
-            v.nbytes
-            for s in self.optimizer.state.values()
-            for v in s.values()
-            if hasattr(v, "nbytes")
-        )
-        return {
-            "parameters": sum(p.data.nbytes for p in self.model.parameters()),
-            "master weights": sum(m.data.nbytes for m in self.masters.parameters())
-            if self.masters
-            else 0,
-            "gradients": gradients,
-            "optimizer state": state,
-            "activations": activations,
-        }
+        x, y = self.batches[self.run.steps_done % len(self.batches)]
+        return self.run.step(x, y).loss
 
 
 def time_training_steps(
@@ -317,22 +204,30 @@ def compare_training_steps(
         targets = rng.integers(0, sizes[-1], n_batches * batch_size)
     else:
         inputs, targets = data
-    built = [TrainingStep.build(r, config, inputs, targets, device, n_batches) for r in regimes]
-    contenders = {step.regime.name: step for step in built}
-    if len(contenders) < len(built):
-        raise ValueError(f"each regime may be timed once, got {[s.regime.name for s in built]}")
+    n = min(n_batches, len(inputs) // batch_size)
+    if n < 1:
+        raise ValueError(f"{len(inputs)} examples do not make a batch of {batch_size}")
+    test = (inputs[:batch_size], targets[:batch_size])
+    dataset = Dataset(inputs, targets, *test, name="bench", n_classes=sizes[-1])
+    steppers = [_RunSteps(Run(r, dataset, config, device), n) for r in regimes]
+    contenders = {s.run.regime.name: s for s in steppers}
+    if len(contenders) < len(steppers):
+        names = [s.run.regime.name for s in steppers]
+        raise ValueError(f"each regime may be timed once, got {names}")
     timings = time_interleaved(
         contenders, steps=steps, repeats=repeats, warmup=warmup, device=device
     )
     label = device_name(device)
     results = {}
-    for name, step in contenders.items():
-        memory = step.memory()
+    for name, stepper in contenders.items():
+        run = stepper.run
+        memory = memory_report(run)
         with no_grad():
-            loss = step.loss(*step.batches[0]).item()
+            x, y = stepper.batches[0]
+            loss = run._loss(run._forward(x, keep=False)[0], y)
         results[name] = {
             "regime": name,
-            "dtype": str(step.regime.dtype),
+            "dtype": str(run.regime.dtype),
             "device": device,
             "device_name": label,
             "sizes": list(sizes),
@@ -344,6 +239,6 @@ def compare_training_steps(
             "examples_per_s": batch_size / timings[name]["step_time_s"],
             "memory": memory,
             "memory_total": sum(memory.values()),
-            "loss": loss,
+            "loss": loss.item(),
         }
     return results

@@ -202,9 +202,28 @@ def sigmoid(a: Tensor) -> Tensor:
 
 @ieee()
 def relu(a: Tensor) -> Tensor:
+    """max(a, 0). Exact in any dtype: it only chooses between ``a`` and 0. Like
+    PyTorch it saves only its output; the gradient passes where that is positive
+    (not NaN, which propagates forward but stops the gradient)."""
     (a,), dtype = _operands("relu", a)
-    out = round_to_dtype(_xp(a).maximum(compute(a.data), 0), dtype)
-    return Tensor.from_op(out, (a,), lambda g: (g * (out > 0),))
+    bits16 = dtype != np.float32 and _xp(a) is np
+    out = _relu16(a.data) if bits16 else _xp(a).maximum(a.data, 0)
+    return Tensor.from_op(out, (a,), lambda g: (g * (_positive16(out) if bits16 else out > 0),))
+
+
+# NumPy has no float16 arithmetic (it converts element by element, 5-10 ns each),
+# while integer compares are vectorised, so on the CPU relu reads 16-bit bit
+# patterns as int16: those of negative numbers, -0 and -inf are exactly the ones at
+# or below -inf's; negative NaNs lie between -inf and 0.
+def _relu16(x: np.ndarray) -> np.ndarray:
+    bits = x.view(np.int16)
+    negative_inf = np.array(-np.inf, dtype=x.dtype).view(np.int16)
+    return (bits * (bits > negative_inf)).view(x.dtype)  # np.where is 40x slower here
+
+
+def _positive16(x: np.ndarray) -> np.ndarray:
+    bits = x.view(np.int16)
+    return (bits > 0) & (bits <= np.array(np.inf, dtype=x.dtype).view(np.int16))
 
 
 # ---- shape ---------------------------------------------------------------------

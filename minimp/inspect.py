@@ -171,7 +171,9 @@ def memory_report(run: Run) -> dict[str, int]:
     """Bytes held by one training step of ``run``, by category, from its real arrays:
     parameters (the model, in its dtype), master weights, gradients (the model's and
     the masters'), optimizer state, and the activations the graph saves for backward
-    (the input batch included, parameters excluded). Runs one step on the run's next batch."""
+    (the input batch included, parameters excluded). Measured by running the run's next
+    step on a copy of it, so ``run`` itself is left as it was."""
+    run = copy.deepcopy(run, memo={id(run.dataset): run.dataset})
     x, y = run._batch(run.steps_done)
     logits, _ = run._forward(x, keep=False)
     loss = run._loss(logits, y)

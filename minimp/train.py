@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from minimp import checkpoint, nn, optim
+from minimp import backend, checkpoint, nn, optim
 from minimp import functional as F
 from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler
 from minimp.data import Dataset
@@ -41,6 +41,7 @@ __all__ = [
     "Regime",
     "Run",
     "StepInfo",
+    "StepResult",
     "TrainConfig",
     "train",
 ]
@@ -145,22 +146,49 @@ class StepInfo:
 Hook = Callable[[StepInfo], None]
 
 
+@dataclass
+class StepResult:
+    """What one ``Run.step`` did: the (unscaled) loss, the loss scale it used (1 without
+    scaling), whether the optimizer stepped (False: skipped for inf/NaN), and the
+    fraction of updates rounding lost (NaN unless measured; see ``Run._lost_fraction``)."""
+
+    loss: Tensor
+    scale: float
+    stepped: bool
+    lost_updates: float
+
+
 class Run:
     """A regime, a config and a data set: the model, masters, optimizer, scaler,
     and the history so far. ``run.train(n)`` trains n more steps; ``save``/``load``
     checkpoint it, so a stopped run continues bit for bit."""
 
-    def __init__(self, regime: str | Regime, dataset: Dataset, config: TrainConfig = TrainConfig()):
+    def __init__(
+        self,
+        regime: str | Regime,
+        dataset: Dataset,
+        config: TrainConfig = TrainConfig(),
+        device: str = "cpu",
+    ):
         self.regime = REGIMES[regime] if isinstance(regime, str) else regime
         if config.sizes[0] != dataset.n_features or config.sizes[-1] != dataset.n_classes:
             raise ValueError(
                 f"model sizes {config.sizes} do not fit {dataset.name}: "
                 f"{dataset.n_features} features in, {dataset.n_classes} classes out"
             )
-        self.dataset, self.config = dataset, config
+        backend.check_device(device)
+        if device == "cuda" and self.regime.dtype == bfloat16:
+            raise ValueError(
+                f"regime {self.regime.name!r} computes in bfloat16, which minimp keeps on the "
+                "CPU: CuPy cannot hold ml_dtypes' bfloat16 arrays. Use device='cpu'"
+            )
+        self.dataset, self.config, self.device = dataset, config, device
         # The same float32 initialisation for every regime, rounded to its dtype.
         self.model = nn.MLP(
-            config.sizes, config.activation, generator=np.random.default_rng(config.seed)
+            config.sizes,
+            config.activation,
+            device=device,
+            generator=np.random.default_rng(config.seed),
         ).to(self.regime.dtype)
         self.masters = MasterWeights(self.model) if self.regime.master_weights else None
         params = self.masters.parameters() if self.masters else self.model.parameters()
@@ -189,8 +217,13 @@ class Run:
         rows = order[i * self.config.batch_size : (i + 1) * self.config.batch_size]
         return x[rows], y[rows]
 
-    def _forward(self, x: np.ndarray, keep: bool) -> tuple[Tensor, list[tuple[str, Tensor]]]:
-        h = tensor(x, dtype=self.regime.dtype)
+    def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Any]:
+        """A batch as the step takes it: inputs in the regime's dtype, both on the device."""
+        xp = backend.array_module(self.model.parameters()[0].data)
+        return tensor(x, dtype=self.regime.dtype, device=self.device), xp.asarray(y)
+
+    def _forward(self, x: Any, keep: bool) -> tuple[Tensor, list[tuple[str, Tensor]]]:
+        h = x if isinstance(x, Tensor) else tensor(x, dtype=self.regime.dtype, device=self.device)
         kept = []
         for i, layer in enumerate(self.model.layers):
             h = layer(h)
@@ -198,11 +231,51 @@ class Run:
                 kept.append((f"layers.{i}", h.retain_grad()))
         return h, kept
 
-    def _loss(self, logits: Tensor, y: np.ndarray) -> Tensor:
+    def _loss(self, logits: Tensor, y: Any) -> Tensor:
         # Mixed regimes compute the loss in float32 (sec. 3.3); pure fp16 stays fp16.
+        y = backend.array_module(logits.data).asarray(y)
         return F.cross_entropy(logits.float() if self.masters else logits, y)
 
+    def step(self, x: Any, y: Any, hooks: Sequence[Hook] = (), measure: bool = False) -> StepResult:
+        """One training step on the batch ``(x, y)``, in the paper's order: forward in the
+        regime's dtype, loss (float32 with masters), scale, backward, gradients to the
+        masters, unscale, clip, [hooks], step or skip, update the scale, refresh the
+        16-bit weights. ``x`` is an array or a Tensor already on the device (see
+        ``to_device``). ``measure`` also counts the updates rounding lost (costs a
+        comparison of every weight). This is the step ``train`` runs and the benchmark times."""
+        logits, activations = self._forward(x, keep=bool(hooks))
+        loss = self._loss(logits, y)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.scaler.scale(loss).backward()
+        if self.masters:
+            self.masters.copy_grads_to_masters()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        if self.config.clip_norm is not None:
+            nn.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
+        if hooks:
+            info = StepInfo(
+                self.steps_done, self.regime, loss.item(), scale, self.model, self.masters,
+                activations, backend.to_numpy(x.data if isinstance(x, Tensor) else x),
+                backend.to_numpy(y),
+            )  # fmt: skip
+            for hook in hooks:
+                hook(info)
+        before = [p.data for p in self.optimizer.param_groups[0]["params"]] if measure else None
+        stepped = self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.masters:
+            self.masters.copy_masters_to_model()
+        lost = self._lost_fraction(before) if measure and stepped else math.nan
+        self.optimizer.zero_grad()
+        self.model.zero_grad()
+        self.steps_done += 1
+        return StepResult(loss, scale, stepped, lost)
+
     def train(self, steps: int | None = None, hooks: Sequence[Hook] = (), progress=None) -> History:
+        """Train ``steps`` more steps (default: up to ``config.steps``) on the run's batches,
+        recording the history and evaluating every ``config.eval_every`` steps. ``hooks``
+        see every ``config.record_every``-th step (see ``StepInfo``)."""
         steps = self.config.steps - self.steps_done if steps is None else steps
         record_every = self.config.record_every
         bar = _progress(steps, self.regime.name, progress)
@@ -210,32 +283,13 @@ class Run:
             step = self.steps_done
             x, y = self._batch(step)
             keep = bool(hooks) and record_every > 0 and step % record_every == 0
-            logits, activations = self._forward(x, keep)
-            loss = self._loss(logits, y)
-            scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-            self.scaler.scale(loss).backward()
-            if self.masters:
-                self.masters.copy_grads_to_masters()
-            if self.scaler.is_enabled():
-                self.scaler.unscale_(self.optimizer)
-            if self.config.clip_norm is not None:
-                nn.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
-            if keep:
-                info = StepInfo(
-                    step, self.regime, loss.item(), scale, self.model, self.masters,
-                    activations, x, y,
-                )  # fmt: skip
-                for hook in hooks:
-                    hook(info)
-            before = [p.data for p in self.optimizer.param_groups[0]["params"]]
-            stepped = self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.masters:
-                self.masters.copy_masters_to_model()
-            self._record(step, loss.item(), scale, not stepped, before)
-            self.optimizer.zero_grad()
-            self.model.zero_grad()
-            self.steps_done += 1
+            result = self.step(x, y, hooks if keep else (), measure=True)
+            h = self.history
+            h.step.append(step)
+            h.loss.append(result.loss.item())
+            h.scale.append(result.scale)
+            h.skipped.append(not result.stepped)
+            h.lost_updates.append(result.lost_updates)
             if (
                 self.steps_done % self.config.eval_every == 0
                 or self.steps_done == self.config.steps
@@ -244,14 +298,6 @@ class Run:
             bar.update()
         bar.close()
         return self.history
-
-    def _record(self, step: int, loss: float, scale: float, skipped: bool, before) -> None:
-        h = self.history
-        h.step.append(step)
-        h.loss.append(loss)
-        h.scale.append(scale)
-        h.skipped.append(skipped)
-        h.lost_updates.append(math.nan if skipped else self._lost_fraction(before))
 
     def _lost_fraction(self, before: list[Any]) -> float:
         """Of the weights whose gradient was nonzero, the fraction the update left

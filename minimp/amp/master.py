@@ -47,9 +47,14 @@ class MasterWeights:
         return self.masters
 
     def copy_grads_to_masters(self) -> None:
-        """Widen each model gradient to float32 (exact: zeros that underflowed stay zero)."""
+        """Widen each model gradient to float32 (exact: zeros that underflowed stay zero).
+        A master's gradient is always a new array, never the model's own."""
         for p, master in zip(self.model_params, self.masters, strict=True):
-            master.grad = None if p.grad is None else Tensor(compute(p.grad.data).copy())
+            if p.grad is None:
+                master.grad = None
+            else:
+                g = p.grad.data
+                master.grad = Tensor(g.copy() if g.dtype == np.float32 else compute(g))
 
     def copy_masters_to_model(self) -> None:
         """Round each master to its model parameter's dtype, nearest-even."""

@@ -249,18 +249,20 @@ class GradScaler:
                     "sec. 3.1). Keep FP32 master weights: give the optimizer float32 parameters "
                     "and use their float16 copies (or autocast) only in the forward pass"
                 )
-        found_inf = False
+        finite = []
         with ieee():
             # PyTorch computes 1/S in float64, then rounds it to float32: the same bits here
             # (inf when S < 2**-128, which only a min_scale below the default allows).
             inv_scale = np.float32(1.0 / self._scale)
             for grad in grads:
                 xp = backend.array_module(grad.data)
-                # Checked before unscaling, as PyTorch's kernel does.
-                found_inf = found_inf or not bool(xp.isfinite(grad.data).all())
+                # Checked before unscaling, as PyTorch's kernel does; on a GPU the flags
+                # stay there, to be read back once (one synchronisation, not one per grad).
+                finite.append(xp.isfinite(grad.data).all())
                 # A new array, not in place: two parameters' gradients may share one array
                 # (the backward of a + b hands the same array to both).
                 grad.data = grad.data * inv_scale
+        found_inf = bool(finite) and not all(bool(f) for f in _on_one_device(finite))
         state.stage, state.found_inf = "unscaled", found_inf
         self._per_optimizer[id(optimizer)] = state
 
@@ -448,3 +450,9 @@ class StaticGradScaler(GradScaler):
 
     def _next(self, found_inf: bool) -> tuple[float, int, int]:
         return self._scale, 0, self._hysteresis_tracker
+
+
+def _on_one_device(flags: list[Any]) -> Any:
+    """Boolean flags as one array, so a GPU is synchronised once to read them."""
+    xp = backend.array_module(flags[0])
+    return flags if xp is np else xp.stack(flags).get()
