@@ -107,3 +107,19 @@ def test_optimizer_errors():
         optim.SGD([w], lr=-1)
     with pytest.raises(ValueError, match="betas"):
         optim.Adam([w], betas=(0.9, 1.0))
+
+
+def test_a_deep_copied_optimizer_updates_the_copied_parameters_with_its_state():
+    import copy
+
+    w = minimp.tensor(np.ones(3, np.float32), requires_grad=True)
+    opt = optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = minimp.tensor(np.ones(3, np.float32))
+    opt.step()
+    twin_w, twin_opt = copy.deepcopy((w, opt))
+    assert set(twin_opt.state) == {id(twin_w)}
+    for p, o in ((w, opt), (twin_w, twin_opt)):
+        p.grad = minimp.tensor(np.ones(3, np.float32))
+        o.step()
+    assert twin_w.numpy().tobytes() == w.numpy().tobytes()
+    assert twin_opt.state[id(twin_w)]["momentum_buffer"] is not opt.state[id(w)]["momentum_buffer"]
