@@ -1,9 +1,12 @@
 """``python -m minimp``: the command line.
 
-    python -m minimp            run every lesson in notebooks/ (redraws the figures)
-    python -m minimp lessons 02 run the lessons whose names start with 02
-    python -m minimp notebooks  regenerate each lesson's .ipynb from its .py
-python -m minimp demo     a short tour of the engine, every number measured
+python -m minimp            run every lesson in notebooks/ (redraws the figures)
+python -m minimp lessons 02 run the lessons whose names start with 02
+python -m minimp notebooks  regenerate each lesson's .ipynb from its .py
+python -m minimp demo       a short tour of the engine, every number measured
+python -m minimp regimes    train the precision regimes side by side (README tables)
+python -m minimp figures    measure and redraw the README's figures
+python -m minimp bench      step time and memory per regime, against NumPy and PyTorch
 """
 
 from __future__ import annotations
@@ -89,6 +92,21 @@ def regimes(seeds: int = 3, setting: str = "default") -> str:
     return table
 
 
+def bench(device: str = "cpu", quick: bool = False, json_path: str | None = None) -> dict:
+    """Run the benchmark, print its Markdown report, and write the JSON if asked."""
+    import json
+
+    from minimp import bench as benchmark
+
+    result = benchmark.run_benchmark(device, quick, log=lambda line: print(line, flush=True))
+    print()
+    print(benchmark.report(result))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minimp",
@@ -107,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     run_lessons = commands.add_parser("lessons", help="run lessons as scripts (default: all)")
     run_lessons.add_argument("names", nargs="*", help="lesson name prefixes, e.g. 01 03")
     commands.add_parser("notebooks", help="regenerate each lesson's .ipynb from its .py")
+    run_bench = commands.add_parser(
+        "bench", help="time and measure every regime, with hand-written NumPy and PyTorch"
+    )
+    run_bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    run_bench.add_argument(
+        "--quick", action="store_true", help="a few steps: checks it runs, measures nothing"
+    )
+    run_bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.command in (None, "lessons"):
         from minimp import lessons
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(figures.FIGURES)} figures to {figures.FIGURES_DIR}")
     elif args.command == "regimes":
         regimes(args.seeds, args.setting)
+    elif args.command == "bench":
+        bench(args.device, args.quick, args.json)
     return 0
 
 

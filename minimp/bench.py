@@ -39,7 +39,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ import numpy as np
 from minimp import backend
 from minimp.data import Dataset
 from minimp.inspect import memory_report
-from minimp.tensor import Tensor, no_grad
+from minimp.tensor import Tensor
 from minimp.train import Regime, Run, TrainConfig
 
 __all__ = [
@@ -147,15 +147,48 @@ def time_interleaved(
 
 class _RunSteps:
     """A ``Run``'s training step as a callable for the timer: each call is ``run.step``
-    on the next of a few batches already converted and moved to the device."""
+    on the next batch, the batches converted and moved to the device beforehand."""
 
-    def __init__(self, run: Run, n_batches: int) -> None:
+    def __init__(self, run: Run, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         self.run = run
-        self.batches = [run.to_device(*run._batch(i)) for i in range(n_batches)]
+        self.name = run.regime.name
+        self.batches = [run.to_device(x, y) for x, y in batches]
+
+        self.loss: Tensor | None = None
 
     def __call__(self) -> Tensor:
         x, y = self.batches[self.run.steps_done % len(self.batches)]
-        return self.run.step(x, y).loss
+        self.loss = self.run.step(x, y).loss
+        return self.loss
+
+    def loss_value(self) -> float:
+        """The last step's loss (a GPU synchronises to read it)."""
+        if self.loss is None:
+            raise RuntimeError(f"{self.name}: no step has run yet")
+        return self.loss.item()
+
+    def memory(self) -> dict[str, int]:
+        return memory_report(self.run)
+
+
+# The same network written without minimp, side by side with it (minimp.baselines).
+BASELINES = ("numpy fp32", "numpy mixed", "torch fp32", "torch amp")
+
+
+def _baseline(name: str, config: TrainConfig, batches: Sequence[Any], device: str) -> Any:
+    from minimp import baselines
+
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    kind, precision = name.split()
+    if config.optimizer != "sgd":
+        raise ValueError(f"baselines train with SGD; this config uses {config.optimizer!r}")
+    options = dict(
+        sizes=config.sizes, batches=batches, lr=config.lr, momentum=config.momentum,
+        seed=config.seed, device=device, precision=precision,
+        init_scale=config.init_scale, growth_interval=config.growth_interval,
+    )  # fmt: skip
+    return (baselines.NumpyMLP if kind == "numpy" else baselines.TorchMLP)(**options)
 
 
 def time_training_steps(
@@ -176,6 +209,7 @@ def compare_training_steps(
     batch_size: int | None = None,
     steps: int = 20,
     *,
+    baselines: Sequence[str] = (),
     device: str = "cpu",
     repeats: int = 5,
     warmup: int = 3,
@@ -184,14 +218,15 @@ def compare_training_steps(
     data: tuple[np.ndarray, np.ndarray] | None = None,
     n_batches: int = 8,
 ) -> dict[str, dict[str, Any]]:
-    """Time each regime's training step on ``device``, their timed blocks interleaved
-    (see the module docstring).
+    """Time each regime's training step on ``device``, and each of ``baselines`` (names
+    from ``BASELINES``: the same network without minimp), their timed blocks
+    interleaved (see the module docstring).
 
     ``sizes`` and ``batch_size`` default to ``config``'s, which also gives the
     optimizer, learning rate and scaler settings. ``data`` is (inputs, class indices),
     of which the first ``n_batches`` batches are cycled; without it, inputs are
     standard normal and classes uniform, drawn from ``seed``: the same for every
-    regime. Returns, per regime name: the median step time (and min, max, every
+    contender. Returns, per name: the median step time (and min, max, every
     sample), examples per second, the bytes one step holds by category, the loss on
     the first batch after timing, and what was measured where.
     """
@@ -207,27 +242,29 @@ def compare_training_steps(
     n = min(n_batches, len(inputs) // batch_size)
     if n < 1:
         raise ValueError(f"{len(inputs)} examples do not make a batch of {batch_size}")
-    test = (inputs[:batch_size], targets[:batch_size])
-    dataset = Dataset(inputs, targets, *test, name="bench", n_classes=sizes[-1])
-    steppers = [_RunSteps(Run(r, dataset, config, device), n) for r in regimes]
-    contenders = {s.run.regime.name: s for s in steppers}
-    if len(contenders) < len(steppers):
-        names = [s.run.regime.name for s in steppers]
-        raise ValueError(f"each regime may be timed once, got {names}")
-    timings = time_interleaved(
-        contenders, steps=steps, repeats=repeats, warmup=warmup, device=device
-    )
+    batches = [
+        (
+            inputs[i * batch_size : (i + 1) * batch_size],
+            targets[i * batch_size : (i + 1) * batch_size],
+        )
+        for i in range(n)
+    ]
+    dataset = Dataset(inputs, targets, *batches[0], name="bench", n_classes=sizes[-1])
+    contenders = [_RunSteps(Run(r, dataset, config, device), batches) for r in regimes]
+    contenders += [_baseline(name, config, batches, device) for name in baselines]
+    named = {c.name: c for c in contenders}
+    if len(named) < len(contenders):
+        names = [c.name for c in contenders]
+        raise ValueError(f"each contender may be timed once, got {names}")
+    timings = time_interleaved(named, steps=steps, repeats=repeats, warmup=warmup, device=device)
     label = device_name(device)
     results = {}
-    for name, stepper in contenders.items():
-        run = stepper.run
-        memory = memory_report(run)
-        with no_grad():
-            x, y = stepper.batches[0]
-            loss = run._loss(run._forward(x, keep=False)[0], y)
+    for name, contender in named.items():
+        loss = contender.loss_value()
+        memory = contender.memory()
         results[name] = {
-            "regime": name,
-            "dtype": str(run.regime.dtype),
+            "name": name,
+            "minimp": isinstance(contender, _RunSteps),
             "device": device,
             "device_name": label,
             "sizes": list(sizes),
@@ -239,6 +276,260 @@ def compare_training_steps(
             "examples_per_s": batch_size / timings[name]["step_time_s"],
             "memory": memory,
             "memory_total": sum(memory.values()),
-            "loss": loss.item(),
+            "loss": loss,
         }
     return results
+
+
+# ---- the benchmark: workloads, targets, report -------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    """An MLP and a batch size to time. ``small`` is overhead-bound (Python and
+    per-op costs dominate); ``large`` is compute-bound (the matmuls dominate)."""
+
+    name: str
+    sizes: tuple[int, ...]
+    batch_size: int
+
+
+WORKLOADS = {
+    "cpu": (
+        Workload("small", (64, 256, 256, 10), 128),
+        Workload("large", (1024, 2048, 2048, 10), 512),
+    ),
+    "cuda": (
+        Workload("small", (64, 256, 256, 10), 128),
+        Workload("large", (4096, 4096, 4096, 10), 4096),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A claim about speed or memory, as a ratio of two contenders measured in one
+    run: ``numerator / denominator`` (of step times, or of ``memory`` bytes) must be
+    at most ``limit``."""
+
+    device: str
+    workload: str
+    numerator: str
+    denominator: str
+    limit: float
+    what: str
+    memory: tuple[str, ...] = ()  # categories summed; empty: step time
+
+    def ratio(self, results: Mapping[str, Mapping[str, Any]]) -> float | None:
+        """The measured ratio, or None when a contender was not measured."""
+        if self.numerator not in results or self.denominator not in results:
+            return None
+        if self.memory:
+            a, b = (
+                sum(results[n]["memory"][c] for c in self.memory)
+                for n in (self.numerator, self.denominator)
+            )
+        else:
+            a, b = results[self.numerator]["step_time_s"], results[self.denominator]["step_time_s"]
+        return a / b
+
+
+# What minimp should reach (issue 6), each a ratio measured in one run.
+_MEMORY = ("activations", "parameters")  # what the forward pass reads and keeps
+TARGETS = (
+    Target("cpu", "large", "fp32", "numpy fp32", 1.15, "engine overhead vs hand-written NumPy"),
+    Target("cpu", "large", "fp32", "torch fp32", 1.5, "float32 vs PyTorch eager"),
+    Target("cpu", "large", "mixed-dynamic", "fp32", 2.0, "mixed vs float32 (casts are the floor)"),
+    Target("cpu", "small", "fp32", "torch fp32", 2.0, "float32 vs PyTorch eager"),
+    Target("cpu", "large", "mixed-dynamic", "fp32", 0.55, "activation + weight memory", _MEMORY),
+    Target("cuda", "large", "mixed-dynamic", "fp32", 1 / 3, "mixed at least 3x faster than fp32"),
+    Target("cuda", "large", "mixed-dynamic", "torch amp", 1.3, "mixed vs PyTorch eager AMP"),
+    Target("cuda", "large", "matmul minimp", "matmul bare", 2.0, "fp16 linear vs bare CuPy matmul"),
+    Target("cuda", "large", "mixed-dynamic", "fp32", 0.55, "activation + weight memory", _MEMORY),
+)
+
+
+# Left out by default: too slow to time in a benchmark, for a reason that is not minimp's.
+NOT_TIMED = {
+    ("cpu", "large", "torch amp"): (
+        "PyTorch's float16 matmul on a CPU without AMX-FP16 has no fast kernel "
+        "(about 90x its float32 step in a quick run on the 2-core CI machine)"
+    ),
+}
+
+
+def run_benchmark(
+    device: str = "cpu",
+    quick: bool = False,
+    baselines: Sequence[str] = BASELINES,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time every regime that runs on ``device`` and the available ``baselines`` on
+    each of the device's ``WORKLOADS``, all in this one run, and check ``TARGETS``.
+    ``quick`` takes 2 blocks of 2 steps, enough to show the benchmark works, not to
+    measure. Returns a JSON-ready dict; ``report`` formats it."""
+    from minimp import baselines as baseline_module
+    from minimp.tensor import bfloat16
+    from minimp.train import REGIMES
+
+    backend.check_device(device)
+    regimes = [n for n, r in REGIMES.items() if device == "cpu" or r.dtype != bfloat16]
+    torch_ok = baseline_module.torch_available() and (
+        device == "cpu" or __import__("torch").cuda.is_available()
+    )
+    chosen = [b for b in baselines if torch_ok or not b.startswith("torch")]
+    workloads = {}
+    for workload in WORKLOADS[device]:
+        if log:
+            log(f"timing {workload.name}: MLP {'-'.join(map(str, workload.sizes))}, "
+                f"batch {workload.batch_size}, on {device} ...")  # fmt: skip
+        large = workload.name == "large"
+        if quick:
+            steps, repeats, warmup = 2, 2, 1
+        else:  # blocks of about a second each
+            steps, repeats, warmup = (3 if device == "cpu" else 10) if large else 30, 5, 2
+        skipped = {
+            b: why for (d, w, b), why in NOT_TIMED.items() if (d, w) == (device, workload.name)
+        }
+        results = compare_training_steps(
+            regimes, workload.sizes, workload.batch_size, steps,
+            baselines=[b for b in chosen if b not in skipped], device=device,
+            repeats=repeats, warmup=warmup,
+        )  # fmt: skip
+        if device == "cuda" and large:
+            results.update(time_linear(workload, repeats=repeats, steps=steps))
+        workloads[workload.name] = {
+            "sizes": list(workload.sizes),
+            "batch_size": workload.batch_size,
+            "results": results,
+            "not_timed": {b: why for b, why in skipped.items() if b in chosen},
+        }
+    checks = []
+    for target in TARGETS:
+        if target.device != device:
+            continue
+        ratio = target.ratio(workloads[target.workload]["results"])
+        checks.append(
+            {
+                **asdict(target),
+                "ratio": ratio,
+                "met": None if ratio is None else ratio <= target.limit,
+            }
+        )
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": quick,
+        "threads": _threads(),
+        "versions": _versions(),
+        "workloads": workloads,
+        "targets": checks,
+    }
+
+
+def time_linear(workload: Workload, repeats: int = 5, steps: int = 10) -> dict[str, dict[str, Any]]:
+    """The large workload's widest layer as one float16 matmul on the GPU: minimp's
+    ``F.linear`` (forward only) against a bare CuPy ``x @ w.T`` of the same shapes: what
+    the engine's wrapping costs on top of cuBLAS."""
+    import cupy
+
+    from minimp import functional as F
+    from minimp.tensor import float16
+
+    n_in, n_out = workload.sizes[1], workload.sizes[2]
+    rng = cupy.random.default_rng(0)
+    x = rng.standard_normal((workload.batch_size, n_in), dtype=cupy.float32).astype(cupy.float16)
+    w = rng.standard_normal((n_out, n_in), dtype=cupy.float32).astype(cupy.float16)
+    xt, wt = Tensor(x), Tensor(w)
+    timings = time_interleaved(
+        {"matmul minimp": lambda: F.linear(xt, wt), "matmul bare": lambda: x @ w.T},
+        steps=steps, repeats=repeats, warmup=2, device="cuda",
+    )  # fmt: skip
+    flops = 2 * workload.batch_size * n_in * n_out
+    assert xt.dtype == float16
+    return {
+        name: {
+            **t,
+            "name": name,
+            "minimp": name == "matmul minimp",
+            "tflops": flops / t["step_time_s"] / 1e12,
+        }
+        for name, t in timings.items()
+    }
+
+
+def _threads() -> dict[str, Any]:
+    """What may run in parallel: BLAS and PyTorch threads, as the environment sets them."""
+    threads: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        if var in os.environ:
+            threads[var] = os.environ[var]
+    try:
+        import torch
+
+        threads["torch"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return threads
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for module in ("torch", "cupy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def report(result: Mapping[str, Any]) -> str:
+    """The benchmark as Markdown: per workload a table of step time, throughput and
+    memory with ratios to minimp's float32, then each target's measured ratio."""
+    lines = [
+        f"Measured {result['date']} on {result['device_name']}"
+        + (" (quick mode: a smoke test, not a measurement)" if result["quick"] else ""),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+        + "; threads: " + ", ".join(f"{k}={v}" for k, v in result["threads"].items()),
+    ]  # fmt: skip
+    for name, workload in result["workloads"].items():
+        rows = workload["results"]
+        sample = next(iter(rows.values()))
+        lines += [
+            "",
+            f"**{name}**: MLP {'-'.join(map(str, workload['sizes']))}, "
+            f"batch {workload['batch_size']}; "
+            f"median of {sample['repeats']} blocks of {sample['steps']} steps",
+            "",
+            "| contender | ms/step | examples/s | time vs fp32 | memory MiB | memory vs fp32 "
+            "| loss |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        base = rows.get("fp32")
+        for row in rows.values():
+            t = row["step_time_s"]
+            if "memory" not in row:  # a bare matmul
+                lines.append(
+                    f"| {row['name']} | {t * 1e3:.3f} | {row['tflops']:.1f} TFLOP/s | | | | |"
+                )
+                continue
+            mib = row["memory_total"] / 2**20
+            vs_time = f"{t / base['step_time_s']:.2f}x" if base else ""
+            vs_mem = f"{row['memory_total'] / base['memory_total']:.2f}x" if base else ""
+            label = row["name"] if row["minimp"] else f"*{row['name']}*"
+            lines.append(
+                f"| {label} | {t * 1e3:.2f} | {row['examples_per_s']:,.0f} | {vs_time} | "
+                f"{mib:.1f} | {vs_mem} | {row['loss']:.3f} |"
+            )
+        for name, why in workload["not_timed"].items():
+            lines += ["", f"Not timed: *{name}*: {why}."]
+    lines += ["", "| target | workload | measured | limit | |", "| --- | --- | ---: | ---: | --- |"]
+    for check in result["targets"]:
+        ratio = "not measured" if check["ratio"] is None else f"{check['ratio']:.2f}x"
+        verdict = {None: "", True: "met", False: "**missed**"}[check["met"]]
+        what = f"{check['what']} ({check['numerator']} / {check['denominator']})"
+        lines.append(
+            f"| {what} | {check['workload']} | {ratio} | {check['limit']:.2f}x | {verdict} |"
+        )
+    return "\n".join(lines)

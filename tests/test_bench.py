@@ -4,7 +4,6 @@ machine and its load."""
 
 import math
 
-import numpy as np
 import pytest
 
 from minimp import backend, bench, data, inspect
@@ -18,8 +17,8 @@ CATEGORIES = {"parameters", "master weights", "gradients", "optimizer state", "a
 @pytest.mark.parametrize("regime", ["fp32", "mixed-dynamic", "bf16"])
 def test_a_quick_measurement_returns_sane_positive_values(regime):
     r = bench.time_training_steps(regime, **TINY)
-    assert r["regime"] == regime and r["device"] == "cpu" and r["device_name"].startswith("cpu")
-    assert r["dtype"] == str(REGIMES[regime].dtype)
+    assert r["name"] == regime and r["device"] == "cpu" and r["device_name"].startswith("cpu")
+    assert r["minimp"]
     assert len(r["samples_s"]) == 3 and all(s > 0 for s in r["samples_s"])
     assert r["step_time_min_s"] <= r["step_time_s"] <= r["step_time_max_s"]
     assert r["examples_per_s"] == pytest.approx(16 / r["step_time_s"])
@@ -45,7 +44,8 @@ def test_the_timed_step_is_the_training_loop_bit_for_bit(regime):
     the same losses and weights as ``Run.train``."""
     config = TrainConfig(sizes=(64, 32, 10), steps=6, eval_every=6)
     run = Run(regime, DIGITS, config)
-    timed = bench._RunSteps(Run(regime, DIGITS, config), n_batches=config.steps)
+    batches = [run._batch(i) for i in range(config.steps)]
+    timed = bench._RunSteps(Run(regime, DIGITS, config), batches)
     losses = [timed().item() for _ in range(config.steps)]
     assert losses == run.train().loss
     for a, b in zip(timed.run.model.parameters(), run.model.parameters(), strict=True):
@@ -59,6 +59,10 @@ def test_memory_report_leaves_the_run_as_it_was():
     assert run.steps_done == 0 and run.optimizer.state == {} and run.scaler.history == []
     for p, b in zip(run.model.parameters(), before, strict=True):
         assert p.numpy().tobytes() == b.tobytes()
+    # after training, the copy's optimizer state is counted once (one momentum buffer)
+    run.train(2)
+    n_params = sum(p.size for p in run.model.parameters())
+    assert inspect.memory_report(run)["optimizer state"] == 4 * n_params
 
 
 def test_time_steps_calls_the_step_warmup_plus_steps_times_repeats():
@@ -116,3 +120,55 @@ def test_on_the_gpu():
     assert r["step_time_s"] > 0 and math.isfinite(r["loss"])
     with pytest.raises(ValueError, match="bfloat16"):
         bench.time_training_steps("bf16", **TINY, device="cuda")
+
+
+def test_baselines_are_timed_beside_the_regimes_on_the_same_batches():
+    names = ["numpy fp32", "numpy mixed", "torch fp32"]
+    options = {k: v for k, v in TINY.items() if k not in ("sizes", "batch_size")}
+    r = bench.compare_training_steps(["fp32"], (8, 16, 4), 16, baselines=names, **options)
+    assert list(r) == ["fp32", *names]
+    assert [v["minimp"] for v in r.values()] == [True, False, False, False]
+    # the same initial weights and batches, in the same order: after the same
+    # number of steps, float32 NumPy and minimp agree to float32 rounding
+    assert r["numpy fp32"]["loss"] == pytest.approx(r["fp32"]["loss"], rel=1e-5)
+    assert r["numpy fp32"]["memory"]["parameters"] == r["fp32"]["memory"]["parameters"]
+    with pytest.raises(ValueError, match="unknown baseline"):
+        bench.compare_training_steps(["fp32"], (8, 16, 4), 16, baselines=["jax"], **options)
+
+
+def test_a_target_is_a_ratio_of_two_contenders_measured_in_one_run():
+    results = {
+        "a": {"step_time_s": 3.0, "memory": {"activations": 10, "parameters": 5}},
+        "b": {"step_time_s": 2.0, "memory": {"activations": 20, "parameters": 10}},
+    }
+    speed = bench.Target("cpu", "large", "a", "b", 2.0, "a vs b")
+    memory = bench.Target("cpu", "large", "a", "b", 0.55, "memory", ("activations", "parameters"))
+    assert speed.ratio(results) == 1.5 and memory.ratio(results) == 0.5
+    assert bench.Target("cpu", "large", "a", "missing", 1.0, "").ratio(results) is None
+
+
+def test_the_benchmark_command_runs_in_quick_mode(tmp_path, capsys):
+    """What CI runs so the benchmark cannot rot: every workload, every regime that runs
+    on the CPU, the hand-written baselines and PyTorch, every CPU target measured."""
+    import json
+
+    from minimp.__main__ import main
+
+    assert main(["bench", "--quick", "--json", str(tmp_path / "bench.json")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["quick"] and "quick mode" in out
+    from minimp.baselines import torch_available
+
+    expected = [b for b in bench.BASELINES if torch_available() or not b.startswith("torch")]
+    for name, workload in result["workloads"].items():
+        timed = set(workload["results"])
+        assert set(REGIMES) <= timed and {"numpy fp32", "numpy mixed"} <= timed
+        assert timed | set(workload["not_timed"]) == set(REGIMES) | set(expected), name
+        for row in workload["results"].values():
+            assert row["step_time_s"] > 0 and math.isfinite(row["loss"])
+            assert f"| {row['name']} |" in out or f"| *{row['name']}* |" in out
+    cpu_targets = [t for t in bench.TARGETS if t.device == "cpu"]
+    assert len(result["targets"]) == len(cpu_targets)
+    assert all(t["ratio"] is not None and t["ratio"] > 0 for t in result["targets"])
+    assert out.count(" | large | ") + out.count(" | small | ") == len(cpu_targets)
