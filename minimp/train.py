@@ -12,6 +12,16 @@ same minibatches in the same order; only precision changes:
 | `mixed-dynamic` | float16                     | float32 masters   | GradScaler      |
 | `bf16`          | bfloat16                    | float32 masters   | none (needless) |
 
+and, beyond the 2018 recipe (``BEYOND_FP16``):
+
+| regime          | weights, activations, grads | update applied to | rounding of the update |
+| --------------- | --------------------------- | ----------------- | ---------------------- |
+| `bf16-pure`     | bfloat16                    | bfloat16 weights  | nearest                |
+| `bf16-sr`       | bfloat16                    | bfloat16 weights  | stochastic             |
+| `bf16-kahan`    | bfloat16                    | bfloat16 weights  | nearest, Kahan carry   |
+| `fp8`           | float32; matmuls in fp8, one delayed scale per tensor (minimp.fp8) |||
+| `fp8-unscaled`  | the same with every scale 1: what fails without per-tensor scaling |||
+
 The loop is the paper's recipe in the order a reader must learn it (and the
 order nanoGPT uses): forward in 16 bits, loss in float32, scale the loss,
 backward, copy gradients to the masters, unscale, clip, step (or skip on
@@ -20,6 +30,7 @@ inf/NaN), update the scale, refresh the 16-bit weights from the masters.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -32,9 +43,12 @@ from minimp import backend, checkpoint, nn, optim
 from minimp import functional as F
 from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler
 from minimp.data import Dataset
+from minimp.fp8 import DelayedScaling, Fp8Linear, to_fp8
 from minimp.tensor import Tensor, bfloat16, float16, float32, no_grad, tensor
 
 __all__ = [
+    "ALL_REGIMES",
+    "BEYOND_FP16",
     "LARGE_BATCH_ADAM",
     "REGIMES",
     "History",
@@ -43,6 +57,7 @@ __all__ = [
     "StepInfo",
     "StepResult",
     "TrainConfig",
+    "get_regime",
     "train",
 ]
 
@@ -54,8 +69,11 @@ class Regime:
     master_weights: bool
     loss_scaling: str | None  # None, "static" or "dynamic"
     description: str
+    update_rounding: str = "nearest"  # how the optimizer stores new weights (minimp.optim)
+    fp8: DelayedScaling | None = None  # matmuls in fp8 with this recipe (minimp.fp8)
 
 
+# The 2018 recipe, step by step (Micikevicius et al.), and bf16 beside it.
 REGIMES: dict[str, Regime] = {
     r.name: r
     for r in [
@@ -67,6 +85,47 @@ REGIMES: dict[str, Regime] = {
         Regime("bf16", bfloat16, True, None, "bfloat16 compute, float32 masters"),
     ]
 }
+
+# What came after: 16-bit weights with no float32 copy at all, saved by how the
+# update is rounded (Gupta et al. 2015; Zamirai et al. 2020); and fp8 matmuls with a
+# scale per tensor (Micikevicius et al. 2022; Transformer Engine's delayed scaling).
+BEYOND_FP16: dict[str, Regime] = {
+    r.name: r
+    for r in [
+        Regime(
+            "fp8",
+            float32,
+            False,
+            None,
+            "fp8 matmuls, delayed per-tensor scales",
+            fp8=DelayedScaling(),
+        ),
+        Regime(
+            "fp8-unscaled",
+            float32,
+            False,
+            None,
+            "fp8 matmuls, every scale 1",
+            fp8=DelayedScaling(scaling=False),
+        ),
+        Regime("bf16-pure", bfloat16, False, None, "pure bfloat16, updates rounded to nearest"),
+        Regime(
+            "bf16-sr", bfloat16, False, None, "pure bfloat16, stochastic rounding", "stochastic"
+        ),
+        Regime("bf16-kahan", bfloat16, False, None, "pure bfloat16, Kahan-compensated", "kahan"),
+    ]
+}
+
+ALL_REGIMES = {**REGIMES, **BEYOND_FP16}
+
+
+def get_regime(regime: str | Regime) -> Regime:
+    """A regime by name (from ``REGIMES`` or ``BEYOND_FP16``), or the regime itself."""
+    if isinstance(regime, Regime):
+        return regime
+    if regime not in ALL_REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(ALL_REGIMES)}")
+    return ALL_REGIMES[regime]
 
 
 @dataclass(frozen=True)
@@ -170,7 +229,7 @@ class Run:
         config: TrainConfig = TrainConfig(),
         device: str = "cpu",
     ):
-        self.regime = REGIMES[regime] if isinstance(regime, str) else regime
+        self.regime = get_regime(regime)
         if config.sizes[0] != dataset.n_features or config.sizes[-1] != dataset.n_classes:
             raise ValueError(
                 f"model sizes {config.sizes} do not fit {dataset.name}: "
@@ -190,12 +249,21 @@ class Run:
             device=device,
             generator=np.random.default_rng(config.seed),
         ).to(self.regime.dtype)
+        if self.regime.fp8 is not None:  # the same parameters, their matmuls in fp8
+            self.model = to_fp8(self.model, self.regime.fp8)
         self.masters = MasterWeights(self.model) if self.regime.master_weights else None
         params = self.masters.parameters() if self.masters else self.model.parameters()
+        rounding = {"update_rounding": self.regime.update_rounding}
+        if self.regime.update_rounding == "stochastic":  # its own stream, fixed by the seed
+            rounding["generator"] = np.random.default_rng([config.seed, 1])
         if config.optimizer == "sgd":
-            self.optimizer = optim.SGD(params, config.lr, config.momentum, config.weight_decay)
+            self.optimizer = optim.SGD(
+                params, config.lr, config.momentum, config.weight_decay, **rounding
+            )
         else:
-            self.optimizer = optim.Adam(params, config.lr, weight_decay=config.weight_decay)
+            self.optimizer = optim.Adam(
+                params, config.lr, weight_decay=config.weight_decay, **rounding
+            )
         if self.regime.loss_scaling == "static":
             self.scaler = StaticGradScaler(config.static_scale)
         else:
@@ -227,7 +295,7 @@ class Run:
         kept = []
         for i, layer in enumerate(self.model.layers):
             h = layer(h)
-            if keep and isinstance(layer, nn.Linear) and h.requires_grad:
+            if keep and isinstance(layer, nn.Linear | Fp8Linear) and h.requires_grad:
                 kept.append((f"layers.{i}", h.retain_grad()))
         return h, kept
 
@@ -325,8 +393,15 @@ class Run:
                 "steps_done": self.steps_done,
                 "history": self.history.to_dict(),
                 "scale_history": [asdict(r) for r in self.scaler.history],
+                "fp8_scaling": [
+                    {k: np.asarray(v).tolist() for k, v in layer.scaling_state().items()}
+                    for layer in self._fp8_layers()
+                ],
             },
         )
+
+    def _fp8_layers(self) -> list[Fp8Linear]:
+        return [layer for layer in self.model.layers if isinstance(layer, Fp8Linear)]
 
     def load(self, path) -> None:
         """Continue from a checkpoint saved by a run of the same regime and config."""
@@ -337,6 +412,18 @@ class Run:
                 f"{path}: saved by a {extra['regime']!r} run with {config}, "
                 f"not this {self.regime.name!r} run with {self.config}"
             )
+        fp8_layers, fp8_states = self._fp8_layers(), extra.get("fp8_scaling", [])
+        if len(fp8_states) != len(fp8_layers):
+            raise checkpoint.CheckpointError(
+                f"{path}: holds fp8 scales for {len(fp8_states)} layers, this run has "
+                f"{len(fp8_layers)} fp8 layers"
+            )
+        fp8_states = [
+            {k: np.asarray(v, np.float32) if isinstance(v, list) else v for k, v in s.items()}
+            for s in fp8_states
+        ]
+        for layer, state in zip(fp8_layers, fp8_states, strict=True):
+            copy.deepcopy(layer).load_scaling_state(state)  # checked before anything changes
         checkpoint.load(
             path,
             model=self.model,
@@ -347,6 +434,8 @@ class Run:
         self.steps_done = extra["steps_done"]
         self.history = History(**extra["history"])
         self.scaler.history = [ScaleRecord(**r) for r in extra["scale_history"]]
+        for layer, state in zip(fp8_layers, fp8_states, strict=True):
+            layer.load_scaling_state(state)
 
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy, in the regime's dtype (the model as deployed)."""

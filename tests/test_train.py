@@ -9,7 +9,7 @@ import pytest
 import minimp
 from minimp import checkpoint, data
 from minimp.amp import LossScaleUnderflowError
-from minimp.train import REGIMES, Run, TrainConfig
+from minimp.train import ALL_REGIMES, BEYOND_FP16, REGIMES, Run, TrainConfig, get_regime
 
 DIGITS = data.load_digits()
 SHORT = TrainConfig(sizes=(64, 32, 10), steps=30, eval_every=10)
@@ -20,9 +20,9 @@ def _bits(run: Run) -> list[bytes]:
     return [p.numpy().tobytes() for p in params]
 
 
-@pytest.mark.parametrize("name", list(REGIMES))
+@pytest.mark.parametrize("name", list(ALL_REGIMES))
 def test_each_regime_holds_what_it_promises(name):
-    regime = REGIMES[name]
+    regime = get_regime(name)
     run = Run(name, DIGITS, SHORT)
     assert {p.dtype for p in run.model.parameters()} == {regime.dtype}
     assert (run.masters is not None) == regime.master_weights
@@ -30,6 +30,8 @@ def test_each_regime_holds_what_it_promises(name):
     expected = minimp.float32 if regime.master_weights else regime.dtype
     assert {p.dtype for p in optimized} == {expected}
     assert run.scaler.is_enabled() == (regime.loss_scaling is not None)
+    assert run.optimizer.param_groups[0]["update_rounding"] == regime.update_rounding
+    assert len(run._fp8_layers()) == (0 if regime.fp8 is None else 2)
     history = run.train()
     assert len(history.loss) == 30 and history.eval_step == [10, 20, 30]
     assert all(np.isfinite(history.loss))
@@ -37,7 +39,7 @@ def test_each_regime_holds_what_it_promises(name):
 
 def test_every_regime_starts_from_the_same_weights_rounded_to_its_dtype():
     reference = Run("fp32", DIGITS, SHORT).model.parameters()
-    for name in REGIMES:
+    for name in ALL_REGIMES:
         for p, q in zip(Run(name, DIGITS, SHORT).model.parameters(), reference, strict=True):
             assert np.array_equal(p.numpy(), q.numpy().astype(p.dtype))
 
@@ -50,7 +52,15 @@ def test_the_loss_is_float32_in_mixed_regimes_and_float16_in_pure_fp16():
 
 
 @pytest.mark.parametrize(
-    ("name", "optimizer"), [("mixed-dynamic", "adam"), ("fp16", "sgd"), ("bf16", "adam")]
+    ("name", "optimizer"),
+    [
+        ("mixed-dynamic", "adam"),
+        ("fp16", "sgd"),
+        ("bf16", "adam"),
+        ("bf16-sr", "sgd"),  # the rounding generator's state is in the checkpoint
+        ("bf16-kahan", "adam"),  # and the Kahan carry
+        ("fp8", "sgd"),  # and each fp8 tensor's amax history and scale
+    ],
 )
 def test_a_resumed_run_continues_bit_for_bit(tmp_path, name, optimizer):
     config = replace(SHORT, optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.05)
@@ -68,6 +78,14 @@ def test_a_resumed_run_continues_bit_for_bit(tmp_path, name, optimizer):
     assert repr(resumed.history.to_dict()) == repr(straight.history.to_dict())  # nan == nan
     assert resumed.scaler.state_dict() == straight.scaler.state_dict()
     assert resumed.scaler.history == straight.scaler.history
+    for a, b in zip(resumed._fp8_layers(), straight._fp8_layers(), strict=True):
+        assert repr(a.scaling_state()) == repr(b.scaling_state())
+
+
+def test_regimes_are_found_by_name_with_a_clear_error():
+    assert get_regime("bf16-sr") is BEYOND_FP16["bf16-sr"] and get_regime(REGIMES["fp32"])
+    with pytest.raises(ValueError, match="unknown regime 'fp4'; choose from fp32"):
+        Run("fp4", DIGITS, SHORT)
 
 
 def _saved(tmp_path, name="mixed-dynamic", config=SHORT):
@@ -153,3 +171,13 @@ def test_bad_configs_and_data_are_refused():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         data.Dataset(bad, DIGITS.y_train, DIGITS.x_test, DIGITS.y_test, "bad", 10)
+
+
+def test_evaluating_an_fp8_run_uses_its_scales_without_changing_them():
+    run = Run("fp8", DIGITS, SHORT)
+    run.train(5)
+    before = repr([layer.scaling_state() for layer in run._fp8_layers()])
+    run.evaluate()
+    assert repr([layer.scaling_state() for layer in run._fp8_layers()]) == before
+    run.train(1)
+    assert repr([layer.scaling_state() for layer in run._fp8_layers()]) != before
