@@ -73,10 +73,10 @@ def demo(steps: int = 300, seed: int = 0) -> dict[str, float]:
 def regimes(seeds: int = 3, setting: str = "default") -> str:
     """Train the regimes of a documented setting over several seeds; print the README table."""
     from minimp import inspect
-    from minimp.train import LARGE_BATCH_ADAM, REGIMES, TrainConfig
+    from minimp.train import ALL_REGIMES, LARGE_BATCH_ADAM, TrainConfig
 
     config, names = {
-        "default": (TrainConfig(), tuple(REGIMES)),
+        "default": (TrainConfig(), tuple(ALL_REGIMES)),
         "large-batch-adam": (LARGE_BATCH_ADAM, ("fp32", "mixed-noscale", "mixed-dynamic")),
     }[setting]
     results = inspect.compare_regimes(data.load_digits(), config, names, seeds=range(seeds))

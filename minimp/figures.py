@@ -155,7 +155,7 @@ def make_all(out_dir: Path = FIGURES_DIR, config: TrainConfig = TrainConfig(), s
     """Measure and draw every figure into ``out_dir``; returns the numbers drawn."""
     out_dir.mkdir(parents=True, exist_ok=True)
     digits = data.load_digits()
-    results = inspect.compare_regimes(digits, config, seeds=seeds)
+    results = inspect.compare_regimes(digits, config, tuple(REGIMES), seeds=seeds)
     dynamic = Run("mixed-dynamic", digits, config)
     dynamic.train()
     made = {

@@ -24,7 +24,7 @@ from minimp import formats, nn
 from minimp import functional as F
 from minimp.data import Dataset
 from minimp.tensor import Tensor, bfloat16, compute, float32, tensor
-from minimp.train import REGIMES, History, Run, TrainConfig
+from minimp.train import ALL_REGIMES, History, Run, TrainConfig, get_regime
 
 __all__ = [
     "GradientRecorder",
@@ -207,21 +207,25 @@ def memory_report(run: Run) -> dict[str, int]:
 def compare_regimes(
     dataset: Dataset,
     config: TrainConfig = TrainConfig(),
-    regimes: Sequence[str] = tuple(REGIMES),
+    regimes: Sequence[str] = tuple(ALL_REGIMES),
     seeds: Sequence[int] = (0, 1, 2),
     progress: bool | None = None,
 ) -> dict[str, list[tuple[History, list[dict[str, Any]]]]]:
     """Run each regime once per seed. Returns, per regime, one (history, gradient
     records) pair per seed; the records say what a cast to the regime's 16-bit format
-    does to the float32 gradients, four times per run (see ``minimp.inspect``)."""
+    does to the float32 gradients, four times per run (see ``minimp.inspect``). Each
+    history's ``memory`` is the run's ``memory_report``, measured before training."""
     results: dict[str, list[tuple[History, list[dict[str, Any]]]]] = {}
     for name in regimes:
-        regime = REGIMES[name]
+        regime = get_regime(name)
         for seed in seeds:
             run_config = replace(config, seed=seed, record_every=max(config.steps // 4, 1))
             recorder = GradientRecorder("bfloat16" if regime.dtype == bfloat16 else "float16")
             hooks = [recorder] if regime.dtype != float32 else []
-            history = Run(regime, dataset, run_config).train(hooks=hooks, progress=progress)
+            run = Run(regime, dataset, run_config)
+            memory = memory_report(run)
+            history = run.train(hooks=hooks, progress=progress)
+            history.memory = memory
             results.setdefault(name, []).append((history, recorder.records))
     return results
 
@@ -230,7 +234,8 @@ def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) ->
     """One row per regime: mean and spread (standard deviation) over seeds of the final
     test accuracy and of the training loss (mean of the last 100 steps); the share of
     updates lost late in training; skipped steps; and the share of nonzero activation
-    gradients the run's format flushes to zero at the last recorded step."""
+    gradients the run's format flushes to zero at the last recorded step; the bytes one
+    training step holds (``memory_report``, when the history has it)."""
     rows = []
     for name, runs in results.items():
         final_loss = [float(np.mean(h.loss[-100:])) for h, _ in runs]
@@ -247,6 +252,7 @@ def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) ->
                 "lost_updates": float(np.mean(lost)),
                 "skipped": float(np.mean([sum(h.skipped) for h, _ in runs])),
                 "activation_flushed": float(np.mean(flushed)) if runs[0][1] else math.nan,
+                "memory": sum(runs[0][0].memory.values()) if runs[0][0].memory else math.nan,
             }
         )
     return rows
@@ -276,14 +282,15 @@ def markdown_table(rows: list[dict]) -> str:
     """The summary as the Markdown table the README shows."""
     lines = [
         "| regime | test accuracy | final training loss | updates lost | skipped steps "
-        "| activation grads flushed |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| activation grads flushed | memory per step |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         flushed = "n/a" if math.isnan(r["activation_flushed"]) else f"{r['activation_flushed']:.1%}"
+        memory = "n/a" if math.isnan(r["memory"]) else f"{r['memory'] / 1024:.0f} KiB"
         lines.append(
             f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
             f"| {r['loss_mean']:.3g} ± {r['loss_std']:.2g} | {r['lost_updates']:.1%} "
-            f"| {r['skipped']:.1f} | {flushed} |"
+            f"| {r['skipped']:.1f} | {flushed} | {memory} |"
         )
     return "\n".join(lines)

@@ -76,6 +76,8 @@ def write_notebooks() -> list[Path]:
     written = []
     for script in lesson_paths():
         notebook = jupytext.read(script)
+        for i, cell in enumerate(notebook.cells):  # stable ids: regenerating changes nothing
+            cell["id"] = f"cell-{i}"
         target = script.with_suffix(".ipynb")
         jupytext.write(notebook, target)
         written.append(target)

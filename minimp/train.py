@@ -180,6 +180,7 @@ class History:
     eval_step: list[int] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
+    memory: dict[str, int] = field(default_factory=dict)  # bytes by category, if measured
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

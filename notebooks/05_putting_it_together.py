@@ -131,7 +131,7 @@ measured(regimes=list(REGIMES), steps=CONFIG.steps, seeds=list(SEEDS))
 
 # %%
 start = time.perf_counter()
-results = minimp.inspect.compare_regimes(digits, CONFIG, seeds=SEEDS)
+results = minimp.inspect.compare_regimes(digits, CONFIG, tuple(REGIMES), seeds=SEEDS)
 elapsed = time.perf_counter() - start
 print(f"{len(REGIMES)} regimes x {len(SEEDS)} seed(s) x {CONFIG.steps} steps in {elapsed:.1f} s")
 

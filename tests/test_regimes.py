@@ -94,6 +94,7 @@ def test_the_readme_table_is_what_the_code_measures(summary):
         assert _number(cells[3]) == pytest.approx(row["skipped"], abs=1.0)
         if cells[4] != "n/a":
             assert _number(cells[4]) == pytest.approx(100 * row["activation_flushed"], abs=2.0)
+        assert _number(cells[5]) == pytest.approx(row["memory"] / 1024, abs=0.5)
 
 
 def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
@@ -116,6 +117,39 @@ def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
         ratios["mixed-dynamic"][0], abs=0.05
     )
     assert all(_number(c) > 1 for c in readme["mixed-noscale"])
-    flushed = inspect.summarize(runs)[1]["activation_flushed"]
+    summary = {row["regime"]: row for row in inspect.summarize(runs)}
     table = _readme_rows("### When scaling matters")
+    flushed = summary["mixed-noscale"]["activation_flushed"]
     assert _number(table["mixed-noscale"][4]) == pytest.approx(100 * flushed, abs=5)
+    # "the mixed regimes hold less memory than fp32, float32 masters and all"
+    assert summary["mixed-dynamic"]["memory"] < summary["fp32"]["memory"]
+    for name, row in summary.items():
+        assert _number(table[name][5]) == pytest.approx(row["memory"] / 1024, abs=0.5)
+
+
+def test_pure_bf16_stalls_and_stochastic_or_kahan_rounding_rescue_it(summary):
+    """Gupta et al. 2015, Zamirai et al. 2020: without masters, bfloat16 weights round
+    small updates away; stochastic rounding and a Kahan carry keep them."""
+    fp32 = summary["fp32"]["loss_mean"]
+    assert summary["bf16-pure"]["lost_updates"] > 0.5
+    assert summary["bf16-pure"]["loss_mean"] > 3 * fp32  # "a clearly higher loss"
+    for name in ("bf16-sr", "bf16-kahan"):
+        assert summary[name]["loss_mean"] == pytest.approx(fp32, rel=0.05)  # "fp32's loss"
+
+
+def test_what_each_scheme_holds(summary):
+    """The README: SR at half of fp32's memory, the carry a quarter more than that,
+    bf16 with masters more than fp32; fp8's weight copies a little more than fp32."""
+    memory = {name: row["memory"] for name, row in summary.items()}
+    assert memory["bf16-sr"] == memory["bf16-pure"] == pytest.approx(memory["fp32"] / 2, rel=0.02)
+    assert memory["bf16-kahan"] == pytest.approx(1.25 * memory["bf16-sr"], rel=0.05)
+    assert memory["bf16"] > memory["fp32"]
+    assert memory["fp32"] < memory["fp8"] < 1.2 * memory["fp32"]
+
+
+def test_on_small_batches_unscaled_fp8_still_trains(summary):
+    """The README says so; lesson 7 shows the setting where the per-tensor scale matters."""
+    fp32 = summary["fp32"]["loss_mean"]
+    for name in ("fp8", "fp8-unscaled"):
+        assert summary[name]["loss_mean"] < 1.2 * fp32
+        assert abs(summary[name]["accuracy_mean"] - summary["fp32"]["accuracy_mean"]) < 0.01
