@@ -114,7 +114,7 @@ class TensorScaling:
     A spike is remembered for ``amax_history_len`` casts, then forgotten. NaN
     elements are left out of amax, as TE's fmaxf reductions leave them out; an
     inf keeps the scale where it was for as long as it stays in the history.
-    After each call ``last_amax``, ``last_underflow`` (fraction of the nonzero
+    After each updating call ``last_amax``, ``last_underflow`` (fraction of the nonzero
     inputs that became 0) and ``last_saturated`` (fraction of the nonzero inputs
     clipped to +-max) say what that cast did.
     """
@@ -153,19 +153,20 @@ class TensorScaling:
         scaled = x * scale
         clipped = xp.clip(scaled, -fmt.max, fmt.max)
         rounded = _round_saturated(clipped, fmt) if xp is np else round_to(clipped, fmt)
+        if not update:  # an evaluation: the statistics stay those of the last training cast
+            return (_encode(rounded, fmt) if xp is np else rounded), scale
         nonzero = int(xp.count_nonzero(x))
         # NaNs are left out of the amax, as TE's fmaxf reduction leaves them out
         self.last_amax = float(xp.where(xp.isnan(x), 0, xp.abs(x)).max()) if nonzero else 0.0
         self.last_underflow = int(((x != 0) & (rounded == 0)).sum()) / max(nonzero, 1)
         self.last_saturated = int((xp.abs(scaled) > fmt.max).sum()) / max(nonzero, 1)
         self.last_scale = float(scale)
-        if update:
-            self.amax_history = np.concatenate([[self.last_amax], self.amax_history[:-1]]).astype(
-                np.float32
-            )
-            if self.recipe.scaling:
-                amax = float(self.amax_history.max())
-                self.scale = _next_scale(amax, fmt, self.recipe.margin, self.scale)
+        self.amax_history = np.concatenate([[self.last_amax], self.amax_history[:-1]]).astype(
+            np.float32
+        )
+        if self.recipe.scaling:
+            amax = float(self.amax_history.max())
+            self.scale = _next_scale(amax, fmt, self.recipe.margin, self.scale)
         return (_encode(rounded, fmt) if xp is np else rounded), scale
 
     def state_dict(self) -> dict[str, Any]:

@@ -39,13 +39,18 @@ __all__ = [
     "CATEGORY_COLORS",
     "CATEGORY_ORDER",
     "COLORS",
+    "FP8_ROLE_FORMATS",
     "LINESTYLES",
     "OKABE_ITO",
+    "PURE16_STYLES",
+    "fp8_scaling",
     "layer_underflow",
     "loss_scale_trace",
     "master_weights",
     "memory_bars",
     "number_line",
+    "one_weight_rounding",
+    "pure16",
     "regimes_compared",
     "underflow_histogram",
 ]
@@ -72,6 +77,8 @@ COLORS: dict[str, str] = {
     "mixed-static": _O["sky blue"],
     "mixed-dynamic": _O["blue"],
     "bf16": _O["bluish green"],
+    "fp8": _O["reddish purple"],  # fp8's colour: the format its forward pass uses
+    "fp8-unscaled": _O["yellow"],
     # the formats of minimp.formats: a format has its regime's colour
     "float32": _O["black"],
     "float16": _O["vermillion"],
@@ -93,6 +100,8 @@ LINESTYLES: dict[str, Any] = {
     "mixed-static": (0, (1, 1.5)),
     "mixed-dynamic": "-",
     "bf16": (0, (7, 2, 1.5, 2, 1.5, 2)),
+    "fp8": "-",
+    "fp8-unscaled": (0, (5, 2)),
     "static": (0, (1, 1.5)),
     "dynamic": "-",
 }
@@ -741,7 +750,7 @@ def regimes_compared(
     ax_loss.set_title(f"Training loss, {smooth}-step moving average", fontsize=10)
     ax_acc.set_xlabel("training step")
     ax_acc.set_ylabel("test accuracy")
-    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
     ax_acc.set_title("Test accuracy", fontsize=10)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3, which="major")
@@ -824,6 +833,292 @@ def memory_bars(
     fig.legend(loc="outside lower center", fontsize=9, ncols=min(len(categories), 5), frameon=False)
     ax.set_title(
         title or "Training memory by category: float32 masters vs 16-bit parameters",
+        fontsize=11,
+    )
+    return fig
+
+
+# ---- lesson 7: fp8 per-tensor scaling ---------------------------------------------------
+
+FP8_ROLE_FORMATS: dict[str, str] = {
+    "input": "float8_e4m3fn",
+    "weight": "float8_e4m3fn",
+    "grad": "float8_e5m2",
+}
+"""The fp8 format of each tensor role of an fp8 matmul (Transformer Engine's HYBRID recipe)."""
+
+_FP8_ROLE_TITLES = {
+    "input": "inputs x",
+    "weight": "weights W",
+    "grad": "output gradients dL/dy",
+}
+
+
+def fp8_scaling(
+    scaled: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
+    unscaled: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]] | None = None,
+    *,
+    smooth: int = 20,
+    title: str | None = None,
+    figsize: tuple[float, float] = (9.0, 6.4),
+) -> Figure:
+    """Per-tensor fp8 scaling over training: the scale follows each tensor's amax.
+
+    ``scaled[layer][role]`` (role "input", "weight" or "grad", cast to the format
+    of :data:`FP8_ROLE_FORMATS`) holds, per step, "step", "scale" (the scale that
+    step's cast used), "amax" (the tensor's max |x|) and "underflow" (share of its
+    nonzero values that became 0), as ``minimp.fp8.TensorScaling`` reports them.
+    Top row, from ``scaled``: each tensor's amax (solid) and the largest magnitude
+    its scale lets fp8 hold, fmt.max / scale (dashed): delayed scaling keeps the
+    second just above the first, one step late (Micikevicius et al. 2022). The grey
+    lines are what fp8 holds with no scale: fmt.max and the smallest subnormal.
+    Bottom row: the share flushed to zero, ``smooth``-step moving average, with the
+    scale (solid) and, from ``unscaled``, with every scale 1 (dotted).
+    """
+    roles = list(FP8_ROLE_FORMATS)
+    # "(input)"/"(output)" would read as tensor roles here: name the layers by position
+    labels = {
+        k: v.replace("(input)", "(first)").replace("(output)", "(last)")
+        for k, v in _layer_labels(list(scaled)).items()
+    }
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(2, len(roles), sharex=True, squeeze=False)
+    for col, role in enumerate(roles):
+        fmt = get_format(FP8_ROLE_FORMATS[role])
+        top, bottom = axes[0][col], axes[1][col]
+        top.set_yscale("log", base=2)
+        for i, layer in enumerate(labels):
+            color = _FALLBACK[i % len(_FALLBACK)]
+            t = scaled[layer][role]
+            step = np.asarray(t["step"])
+            amax = np.asarray(t["amax"], dtype=np.float64)
+            ceiling = fmt.max / np.asarray(t["scale"], dtype=np.float64)
+            shown = amax > 0
+            top.plot(step[shown], amax[shown], color=color, lw=1.4)
+            top.step(step, ceiling, where="post", color=color, lw=1.1, ls=(0, (4, 2)))
+            bottom.plot(step, _moving_average(t["underflow"], smooth), color=color, lw=1.6)
+            if unscaled is not None and layer in unscaled:
+                u = unscaled[layer][role]
+                bottom.plot(
+                    np.asarray(u["step"]),
+                    _moving_average(u["underflow"], smooth),
+                    color=color,
+                    lw=1.3,
+                    ls=(0, (1.5, 1.5)),
+                )
+        on_axis = blended_transform_factory(top.transAxes, top.transData)
+        for value, text, va in (
+            (fmt.max, f"{_short(fmt)} max", "top"),
+            (fmt.min_subnormal, "min subnormal", "bottom"),
+        ):
+            top.axhline(value, color="0.55", lw=1.0, ls=":", zorder=0)
+            top.text(
+                0.98, value, text, color="0.4", fontsize=8, ha="right", va=va, transform=on_axis
+            )
+        _log2_axis(top.yaxis)
+        top.set_title(f"{_FP8_ROLE_TITLES[role]} ({_short(fmt)})", fontsize=10)
+        bottom.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        bottom.set_ylim(-0.03, 1.03)
+        bottom.set_xlabel("training step")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3, which="major")
+    axes[0][0].set_ylabel("magnitude (log2 axis)")
+    axes[1][0].set_ylabel(f"nonzero values flushed to 0\n({smooth}-step mean)")
+    handles = [
+        Line2D([], [], color=_FALLBACK[i % len(_FALLBACK)], lw=2, label=label)
+        for i, label in enumerate(labels.values())
+    ]
+    handles += [
+        Line2D([], [], color="0.3", lw=1.4, label="amax = max |x| (top)"),
+        Line2D([], [], color="0.3", lw=1.1, ls=(0, (4, 2)), label="fmt.max / scale (top)"),
+        Line2D([], [], color="0.3", lw=1.6, label="flushed, with the scale (bottom)"),
+    ]
+    if unscaled is not None:
+        handles.append(
+            Line2D([], [], color="0.3", lw=1.3, ls=(0, (1.5, 1.5)), label="flushed, scale 1")
+        )
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8.5, frameon=False)
+    fig.suptitle(
+        title or "fp8 with one delayed scale per tensor: the scale follows each tensor's amax",
+        fontsize=11,
+    )
+    return fig
+
+
+# ---- lesson 8: pure 16-bit training without master weights ---------------------------
+
+PURE16_STYLES: dict[str, tuple[str, Any]] = {
+    "fp32": (_O["black"], "-"),
+    "bf16": (_O["bluish green"], (0, (7, 2, 1.5, 2, 1.5, 2))),
+    "bf16-pure": (_O["vermillion"], (0, (5, 2))),
+    "bf16-sr": (_O["orange"], "-."),
+    "bf16-kahan": (_O["blue"], (0, (1, 1.5))),
+}
+"""Colour and line style of the runs and rounding rules of :func:`one_weight_rounding`
+and :func:`pure16`: nearest in fp16's vermillion (it fails the same way)."""
+
+_ROUNDING_REGIME = {
+    "float32": "fp32",
+    "nearest": "bf16-pure",
+    "stochastic": "bf16-sr",
+    "kahan": "bf16-kahan",
+}
+
+
+def one_weight_rounding(
+    trace: Mapping[str, Any],
+    ulp: float,
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (8.0, 4.2),
+) -> Figure:
+    """One 16-bit weight fed many updates below half its ulp, stored three ways
+    (Gupta et al. 2015; Zamirai et al. 2020).
+
+    ``trace`` holds arrays over ``"step"``: ``"float32"`` (the reference),
+    ``"nearest"``, ``"kahan"``, ``"stochastic"`` (steps x k: a few stochastically
+    rounded weights), and ``"stochastic_mean"`` / ``"stochastic_std"`` over many
+    of them. Left: the values. Right: each one's distance from float32 in units
+    of ``ulp``, with the band of one standard deviation of the stochastic weights.
+    Nearest never moves; a stochastic weight jumps a whole ulp now and then and is
+    right on average; Kahan stays within about an ulp.
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax_value, ax_error = fig.subplots(1, 2)
+    step = np.asarray(trace["step"])
+    reference = np.asarray(trace["float32"], np.float64)
+    color = {k: PURE16_STYLES[v][0] for k, v in _ROUNDING_REGIME.items()}
+    samples = np.asarray(trace["stochastic"], np.float64).reshape(len(step), -1)
+    mean = np.asarray(trace["stochastic_mean"], np.float64)
+    std = np.asarray(trace["stochastic_std"], np.float64)
+    lines = (
+        ("float32", "float32 weight", reference, {"lw": 5, "color": "0.75"}),
+        ("nearest", "bf16, nearest", trace["nearest"], {"lw": 2.2}),
+        ("stochastic_mean", "bf16, stochastic: mean", mean, {"lw": 1.6, "ls": "--"}),
+        ("kahan", "bf16, Kahan", trace["kahan"], {"lw": 1.4, "drawstyle": "steps-post"}),
+    )
+    for j in range(samples.shape[1]):
+        ax_value.plot(
+            step,
+            samples[:, j],
+            color=color["stochastic"],
+            lw=0.8,
+            alpha=0.45,
+            drawstyle="steps-post",
+            label="bf16, stochastic: single weights" if j == 0 else None,
+        )
+    for key, label, values, style in lines:
+        style = {"color": color.get(key, color["stochastic"]), **style}
+        values = np.asarray(values, np.float64)
+        ax_value.plot(step, values, label=label, **style)
+        ax_error.plot(step, (values - reference) / ulp, **style)
+    ax_error.fill_between(
+        step,
+        (mean - std - reference) / ulp,
+        (mean + std - reference) / ulp,
+        color=color["stochastic"],
+        alpha=0.2,
+        lw=0,
+        label="stochastic: ± 1 std. of single weights",
+    )
+    ax_value.set_xlabel("update step")
+    ax_value.set_ylabel("weight value")
+    ax_value.set_title("One weight, many updates below half an ulp", fontsize=10)
+    ax_value.legend(loc="upper left", fontsize=8)
+    ax_error.set_xlabel("update step")
+    ax_error.set_ylabel(f"distance from float32 (bf16 ulps of {_pow2(ulp)})")
+    ax_error.set_title("Distance from the float32 weight", fontsize=10)
+    ax_error.legend(loc="lower left", fontsize=8)
+    for ax in (ax_value, ax_error):
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        title or "bfloat16 without a master: nearest stalls, stochastic and Kahan keep up",
+        fontsize=11,
+    )
+    return fig
+
+
+def pure16(
+    histories: Mapping[str, Mapping[str, Any]],
+    updates: Mapping[str, Mapping[str, float]],
+    bytes_per_parameter: Mapping[str, Mapping[str, float]],
+    *,
+    smooth: int = 50,
+    title: str | None = None,
+    figsize: tuple[float, float] = (12.0, 4.3),
+) -> Figure:
+    """16-bit weights with no float32 master copy (Zamirai et al. 2020), one run per regime.
+
+    Left: training loss (``histories[regime]`` with "step" and "loss"), smoothed by a
+    ``smooth``-step trailing mean, log scale. Middle: late in training, per regime,
+    the share of weights a step leaves unchanged (``updates[regime]["unchanged"]``)
+    beside the share of the asked-for movement the weights actually made
+    (``updates[regime]["delivered"]``): stochastic rounding and Kahan leave most
+    weights unchanged at each step, like nearest, yet deliver the movement in full.
+    Right: bytes per parameter by memory category (``bytes_per_parameter``).
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax_loss, ax_updates, ax_bytes = fig.subplots(1, 3, width_ratios=(1.25, 1, 1))
+    for i, (name, h) in enumerate(histories.items()):
+        color, ls = PURE16_STYLES.get(name, (_color(name, i), "-"))
+        loss = _moving_average(np.asarray(h["loss"], np.float64), smooth)
+        loss[loss <= 0] = np.nan
+        ax_loss.plot(
+            np.asarray(h["step"]), loss, color=color, ls=ls, lw=2.6 if name == "fp32" else 1.6,
+            label=name,
+        )  # fmt: skip
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("training step")
+    ax_loss.set_ylabel("training loss (log scale)")
+    ax_loss.set_title(f"Training loss, {smooth}-step moving average", fontsize=10)
+    ax_loss.legend(loc="upper right", fontsize=8.5)
+
+    names = list(updates)
+    x = np.arange(len(names))
+    unchanged = np.array([updates[n]["unchanged"] for n in names])
+    delivered = np.array([updates[n]["delivered"] for n in names])
+    colors = [PURE16_STYLES.get(n, (_color(n, i), "-"))[0] for i, n in enumerate(names)]
+    ax_updates.bar(x - 0.2, unchanged, 0.38, color=colors, alpha=0.35, edgecolor=colors)
+    ax_updates.bar(x + 0.2, delivered, 0.38, color=colors, edgecolor="white")
+    for xi, u, d in zip(x, unchanged, delivered, strict=True):
+        ax_updates.text(xi - 0.2, u, f"{u:.0%}", ha="center", va="bottom", fontsize=7.5)
+        ax_updates.text(xi + 0.2, d, f"{d:.0%}", ha="center", va="bottom", fontsize=7.5)
+    ax_updates.set_xticks(x, names, rotation=30, ha="right")
+    ax_updates.set_ylim(0, 1.25)
+    ax_updates.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax_updates.legend(
+        handles=[
+            Patch(facecolor="0.6", alpha=0.35, edgecolor="0.3", label="weights a step left as is"),
+            Patch(facecolor="0.3", label="share of the asked-for movement made"),
+        ],
+        loc="upper left",
+        fontsize=8,
+    )
+    ax_updates.set_title("Late in training: unchanged ≠ lost", fontsize=10)
+
+    names = list(bytes_per_parameter)
+    x = np.arange(len(names))
+    categories = [c for c in CATEGORY_ORDER if any(c in bytes_per_parameter[n] for n in names)]
+    bottom = np.zeros(len(names))
+    for category in categories:
+        heights = np.array([bytes_per_parameter[n].get(category, 0) for n in names], np.float64)
+        ax_bytes.bar(
+            x, heights, 0.6, bottom=bottom, label=category, color=CATEGORY_COLORS[category],
+            edgecolor="white", lw=0.8,
+        )  # fmt: skip
+        bottom += heights
+    for xi, total in zip(x, bottom, strict=True):
+        ax_bytes.text(xi, total, f"{total:g} B", ha="center", va="bottom", fontsize=8.5)
+    ax_bytes.set_xticks(x, names, rotation=30, ha="right")
+    ax_bytes.set_ylim(0, bottom.max() * 1.35)
+    ax_bytes.set_ylabel("bytes per parameter")
+    ax_bytes.legend(loc="upper right", fontsize=7.5, ncols=2)
+    ax_bytes.set_title("Memory per parameter (activations aside)", fontsize=10)
+    for ax in (ax_loss, ax_updates, ax_bytes):
+        ax.grid(alpha=0.3, axis="y" if ax is not ax_loss else "both")
+        ax.set_axisbelow(True)
+    fig.suptitle(
+        title or "Pure bfloat16 training: the rounding of the weight update decides",
         fontsize=11,
     )
     return fig

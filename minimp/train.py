@@ -396,12 +396,13 @@ class Run:
                 "scale_history": [asdict(r) for r in self.scaler.history],
                 "fp8_scaling": [
                     {k: np.asarray(v).tolist() for k, v in layer.scaling_state().items()}
-                    for layer in self._fp8_layers()
+                    for layer in self.fp8_layers()
                 ],
             },
         )
 
-    def _fp8_layers(self) -> list[Fp8Linear]:
+    def fp8_layers(self) -> list[Fp8Linear]:
+        """The model's fp8 layers (none unless the regime has an fp8 recipe)."""
         return [layer for layer in self.model.layers if isinstance(layer, Fp8Linear)]
 
     def load(self, path) -> None:
@@ -413,7 +414,7 @@ class Run:
                 f"{path}: saved by a {extra['regime']!r} run with {config}, "
                 f"not this {self.regime.name!r} run with {self.config}"
             )
-        fp8_layers, fp8_states = self._fp8_layers(), extra.get("fp8_scaling", [])
+        fp8_layers, fp8_states = self.fp8_layers(), extra.get("fp8_scaling", [])
         if len(fp8_states) != len(fp8_layers):
             raise checkpoint.CheckpointError(
                 f"{path}: holds fp8 scales for {len(fp8_states)} layers, this run has "

@@ -17,8 +17,8 @@ LESSONS = lesson_paths()
 IDS = [p.stem for p in LESSONS]
 
 
-def test_the_six_lessons_are_there_in_order():
-    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "04", "05", "06"]
+def test_the_eight_lessons_are_there_in_order():
+    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=IDS)

@@ -229,3 +229,55 @@ def test_memory_bars(tmp_path, scale, unit):
     assert any(t.startswith(f"{total:.3g} {unit}") for t in drawn)
     assert any("0.50× fp32" in t for t in drawn)
     saves(fig, tmp_path)
+
+
+def _fp8_trace(steps, scale):
+    """One layer's record, as lesson 7 builds it from minimp.fp8.TensorScaling."""
+    return {
+        role: {
+            "step": list(range(steps)),
+            "scale": [scale] * steps,
+            "amax": [2.0**-3] * steps,
+            "underflow": [0.5 if scale == 1 else 0.01] * steps,
+        }
+        for role in ("input", "weight", "grad")
+    }
+
+
+def test_fp8_scaling(tmp_path):
+    scaled = {"layers.0": _fp8_trace(30, 2.0**11), "layers.2": _fp8_trace(30, 2.0**12)}
+    unscaled = {"layers.0": _fp8_trace(30, 1.0), "layers.2": _fp8_trace(30, 1.0)}
+    fig = plots.fp8_scaling(scaled, unscaled, smooth=5)
+    assert len([a for a in fig.axes if a.lines]) == 6  # a top and a bottom panel per role
+    assert plots.FP8_ROLE_FORMATS["grad"] == "float8_e5m2"
+    saves(fig, tmp_path)
+
+
+def test_one_weight_rounding(tmp_path):
+    steps = np.arange(50)
+    exact = 1.0 - 1e-4 * steps
+    trace = {
+        "step": steps,
+        "float32": exact,
+        "nearest": np.ones(50),
+        "kahan": np.round(exact * 128) / 128,
+        "stochastic": np.stack([np.round(exact * 128) / 128] * 3, axis=1),
+        "stochastic_mean": exact,
+        "stochastic_std": np.full(50, 1 / 256),
+    }
+    fig = plots.one_weight_rounding(trace, ulp=2.0**-7)
+    assert len(fig.axes) == 2
+    saves(fig, tmp_path)
+
+
+def test_pure16(tmp_path):
+    names = ("fp32", "bf16-pure", "bf16-sr")
+    histories = {
+        n: {"step": list(range(100)), "loss": list(np.linspace(1, 0.01, 100))} for n in names
+    }
+    updates = {n: {"unchanged": 0.9, "delivered": 1.0} for n in names}
+    per_param = {n: {c: 2.0 for c in plots.CATEGORY_ORDER} for n in names}
+    fig = plots.pure16(histories, updates, per_param, smooth=10)
+    ax_loss = fig.axes[0]
+    assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == list(names)
+    saves(fig, tmp_path)

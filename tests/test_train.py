@@ -31,7 +31,7 @@ def test_each_regime_holds_what_it_promises(name):
     assert {p.dtype for p in optimized} == {expected}
     assert run.scaler.is_enabled() == (regime.loss_scaling is not None)
     assert run.optimizer.param_groups[0]["update_rounding"] == regime.update_rounding
-    assert len(run._fp8_layers()) == (0 if regime.fp8 is None else 2)
+    assert len(run.fp8_layers()) == (0 if regime.fp8 is None else 2)
     history = run.train()
     assert len(history.loss) == 30 and history.eval_step == [10, 20, 30]
     assert all(np.isfinite(history.loss))
@@ -78,7 +78,7 @@ def test_a_resumed_run_continues_bit_for_bit(tmp_path, name, optimizer):
     assert repr(resumed.history.to_dict()) == repr(straight.history.to_dict())  # nan == nan
     assert resumed.scaler.state_dict() == straight.scaler.state_dict()
     assert resumed.scaler.history == straight.scaler.history
-    for a, b in zip(resumed._fp8_layers(), straight._fp8_layers(), strict=True):
+    for a, b in zip(resumed.fp8_layers(), straight.fp8_layers(), strict=True):
         assert repr(a.scaling_state()) == repr(b.scaling_state())
 
 
@@ -176,8 +176,8 @@ def test_bad_configs_and_data_are_refused():
 def test_evaluating_an_fp8_run_uses_its_scales_without_changing_them():
     run = Run("fp8", DIGITS, SHORT)
     run.train(5)
-    before = repr([layer.scaling_state() for layer in run._fp8_layers()])
+    before = repr([layer.scaling_state() for layer in run.fp8_layers()])
     run.evaluate()
-    assert repr([layer.scaling_state() for layer in run._fp8_layers()]) == before
+    assert repr([layer.scaling_state() for layer in run.fp8_layers()]) == before
     run.train(1)
-    assert repr([layer.scaling_state() for layer in run._fp8_layers()]) != before
+    assert repr([layer.scaling_state() for layer in run.fp8_layers()]) != before
