@@ -93,7 +93,8 @@ _FLOAT16_AS_FLOAT32 = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(
 def widen(array: Any) -> Any:
     """The same values as float32 (exact: every 16-bit value is a float32)."""
     if array.dtype == np.float16 and array_module(array) is np:
-        return np.take(_FLOAT16_AS_FLOAT32, array.view(np.uint16))
+        # mode="clip" skips the bounds check: every uint16 is an index of the table
+        return np.take(_FLOAT16_AS_FLOAT32, array.view(np.uint16), mode="clip")
     return array.astype(np.float32, copy=False)
 
 
@@ -113,9 +114,8 @@ def narrow(array: Any, dtype: Any) -> Any:
         # nonzero and below 2^-14, read off the bits: |x| - 1 wraps around for zeros
         tiny = (array.view(np.uint32) & 0x7FFF_FFFF) - np.uint32(1) < np.uint32(0x387F_FFFF)
         if tiny.any():
-            rounded = np.rint(array[tiny] * np.float32(2.0**24)) * np.float32(2.0**-24)
             array = array.copy()
-            array[tiny] = rounded
+            array[tiny] = np.rint(array[tiny] * np.float32(2.0**24)) * np.float32(2.0**-24)
     return array.astype(dtype, copy=False)
 
 
