@@ -93,6 +93,10 @@ _FLOAT16_AS_FLOAT32 = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(
 def widen(array: Any) -> Any:
     """The same values as float32 (exact: every 16-bit value is a float32)."""
     if array.dtype == np.float16 and array_module(array) is np:
+        if array.ndim == 2 and array.flags.f_contiguous and not array.flags.c_contiguous:
+            # a transposed matrix (w.T in a matmul): look it up in memory order, 3x
+            # faster than gathering across rows; BLAS takes the transposed result as is
+            return widen(array.T).T
         # mode="clip" skips the bounds check: every uint16 is an index of the table
         return np.take(_FLOAT16_AS_FLOAT32, array.view(np.uint16), mode="clip")
     return array.astype(np.float32, copy=False)
@@ -103,17 +107,18 @@ def narrow(array: Any, dtype: Any) -> Any:
 
     NumPy rounds float32 to a float16 subnormal about 25x slower than to a normal
     value (it raises the underflow flag element by element). In mixed precision
-    small gradients are exactly such values, so on the CPU the subnormal range is
-    rounded first, in float32: below 2^-14 float16's spacing is the constant 2^-24,
-    so rint(x * 2^24) * 2^-24 is the nearest-even float16 value, exactly, and the
-    cast that follows has nothing left to round.
+    small gradients are exactly such values, so on the CPU, when more than a few
+    values fall in the subnormal range, they are rounded first, in float32: below
+    2^-14 float16's spacing is the constant 2^-24, so rint(x * 2^24) * 2^-24 is the
+    nearest-even float16 value, exactly, and the cast that follows has nothing left
+    to round. (A handful are cheaper left to the cast: the copy costs more.)
     """
     if dtype == np.float16 and array_module(array) is np and array.dtype == np.float32:
         if not array.flags.c_contiguous:  # so that its bits can be viewed
             array = array.copy()
         # nonzero and below 2^-14, read off the bits: |x| - 1 wraps around for zeros
         tiny = (array.view(np.uint32) & 0x7FFF_FFFF) - np.uint32(1) < np.uint32(0x387F_FFFF)
-        if tiny.any():
+        if np.count_nonzero(tiny) > array.size // 64:  # a few are cheaper left to the cast
             array = array.copy()
             array[tiny] = np.rint(array[tiny] * np.float32(2.0**24)) * np.float32(2.0**-24)
     return array.astype(dtype, copy=False)

@@ -206,9 +206,16 @@ def relu(a: Tensor) -> Tensor:
     PyTorch it saves only its output; the gradient passes where that is positive
     (not NaN, which propagates forward but stops the gradient)."""
     (a,), dtype = _operands("relu", a)
-    bits16 = dtype != np.float32 and _xp(a) is np
-    out = _relu16(a.data) if bits16 else _xp(a).maximum(a.data, 0)
-    return Tensor.from_op(out, (a,), lambda g: (g * (_positive16(out) if bits16 else out > 0),))
+    if dtype == np.float32 or _xp(a) is not np:
+        out = _xp(a).maximum(a.data, 0)
+        return Tensor.from_op(out, (a,), lambda g: (g * (out > 0),))
+    out = _relu16(a.data)
+
+    def backward(g16):  # the 16-bit gradient as stored: masking it is exact
+        return ((g16.view(np.int16) * _positive16(out)).view(g16.dtype),)
+
+    backward.takes_stored_gradient = True  # no widening and rounding back (Tensor.backward)
+    return Tensor.from_op(out, (a,), backward)
 
 
 # NumPy has no float16 arithmetic (it converts element by element, 5-10 ns each),

@@ -247,7 +247,10 @@ class Tensor:
                     node._accumulate(grad)
                 if node._backward is None:
                     continue
-                parent_grads = node._backward(compute(grad))
+                # A backward rule computes in float32, except one that only selects
+                # values (relu on 16-bit data), which takes the gradient as stored.
+                stored = getattr(node._backward, "takes_stored_gradient", False)
+                parent_grads = node._backward(grad if stored else compute(grad))
                 for parent, g in zip(node._parents, parent_grads, strict=True):
                     if g is None or not parent.requires_grad:
                         continue
