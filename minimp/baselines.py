@@ -207,9 +207,9 @@ class NumpyMLP:
             grads[2 * i] = backend.widen(self._store(g.T @ h))
             grads[2 * i + 1] = backend.widen(self._store(g.sum(axis=0, dtype=np.float32)))
             if i > 0:
-                # ReLU's backward multiplies by its mask, as minimp's does (an inf
-                # masked out becomes NaN: still an overflow the scale sees).
-                g = self._operand(self._store(g @ self.params[2 * i])) * (h > 0)
+                # ReLU's backward selects, as minimp's and PyTorch's do: the gradient
+                # passes where the ReLU's output (the next layer's input) is not 0.
+                g = xp.where(h != 0, self._operand(self._store(g @ self.params[2 * i])), 0)
         return grads
 
     def _update(self, grads: list[Any]) -> None:

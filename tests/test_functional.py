@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from oracle import NETWORK_TOLERANCE, assert_close, check_op, random_inputs
+from oracle import NETWORK_TOLERANCE, TORCH_DTYPES, assert_close, check_op, random_inputs
 
 import minimp
 import minimp.functional as F
 from minimp import backend
 
 DTYPES = [minimp.float32, minimp.float16]
+WITH_BF16 = {**TORCH_DTYPES, minimp.bfloat16: torch.bfloat16}
 
 # name: (minimp op, PyTorch op, input shapes, inputs must be positive)
 OPS = {
@@ -141,3 +142,19 @@ def test_float16_matmul_never_runs_in_numpy_float16(monkeypatch):
     b = minimp.tensor(np.ones((4, 2)), dtype=minimp.float16, requires_grad=True)
     (a @ b).sum().backward()
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize("dtype", [minimp.float32, minimp.float16, minimp.bfloat16], ids=str)
+def test_relu_on_special_values_is_pytorchs(dtype):
+    """NaN passes forward and passes the gradient on; -0, -inf and masked-out infinite
+    gradients give 0 (PyTorch's threshold_backward selects, it does not multiply)."""
+    x = np.float32([np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1.5, -1.5, 2.0**-20])
+    g = np.float32([1, 2, 3, np.inf, -np.inf, np.nan, 7, np.inf, 9])
+    a = minimp.tensor(x, dtype=dtype, requires_grad=True)
+    y = F.relu(a)
+    y.backward(minimp.tensor(g, dtype=dtype))
+    t = torch.tensor(x).to(WITH_BF16[dtype]).requires_grad_()
+    yt = torch.relu(t)
+    yt.backward(torch.tensor(g).to(WITH_BF16[dtype]))
+    assert np.array_equal(y.numpy().astype(np.float32), yt.detach().float().numpy(), equal_nan=True)
+    assert np.array_equal(a.grad.numpy().astype(np.float32), t.grad.float().numpy(), equal_nan=True)
