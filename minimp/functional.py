@@ -206,9 +206,10 @@ def relu(a: Tensor) -> Tensor:
     PyTorch it saves only its output, and the gradient passes wherever that is not
     0: a NaN propagates forward and passes the gradient on, as in PyTorch."""
     (a,), dtype = _operands("relu", a)
-    if dtype == np.float32 or _xp(a) is not np:
-        out = _xp(a).maximum(a.data, 0)
-        return Tensor.from_op(out, (a,), lambda g: (_xp(a).where(out != 0, g, 0),))
+    xp = _xp(a)
+    if dtype == np.float32 or xp is not np:
+        out = xp.maximum(a.data, 0)
+        return Tensor.from_op(out, (a,), lambda g: (xp.where(out != 0, g, 0),))
     out = _relu16(a.data)
 
     def backward(g16):  # the 16-bit gradient as stored: masking it is exact
