@@ -23,6 +23,7 @@ import numpy as np
 from minimp import formats, nn
 from minimp import functional as F
 from minimp.data import Dataset
+from minimp.fp8 import Fp8Linear
 from minimp.tensor import Tensor, bfloat16, compute, float32, tensor
 from minimp.train import ALL_REGIMES, History, Run, TrainConfig, get_regime
 
@@ -47,6 +48,12 @@ def float32_gradients(
     computed in float32 on one batch, unscaled, by a float32 twin of ``model`` whose
     parameters hold ``weights`` (in ``model.parameters()`` order) widened to float32.
     """
+    if any(isinstance(layer, Fp8Linear) for layer in model.layers):
+        raise TypeError(
+            "float32_gradients: this model's matmuls run in fp8 (Fp8Linear layers); its "
+            "gradients are float32 already, and what fp8 does to them is in each layer's "
+            "grad_scaling (last_underflow, last_saturated, amax_history)"
+        )
     twin = copy.deepcopy(model)
     for p, w in zip(twin.parameters(), weights, strict=True):
         p.data, p.grad = compute(w.data), None

@@ -92,3 +92,11 @@ def test_memory_report_halves_parameters_and_activations_in_float16():
     assert fp32["master weights"] == 0
     # On a network this small the weights dominate: the masters make mixed cost more.
     assert sum(mixed.values()) > sum(fp32.values())
+
+
+def test_float32_gradients_of_an_fp8_model_says_where_to_look():
+    run = Run("fp8", DIGITS)
+    with pytest.raises(TypeError, match="grad_scaling"):
+        inspect.float32_gradients(
+            run.model, run.model.parameters(), DIGITS.x_train[:4], DIGITS.y_train[:4]
+        )
