@@ -4,10 +4,12 @@ The method, the same for every regime so that ratios measured in one run are fai
 
 - **Same work.** Every regime trains the same MLP from the same float32
   initialisation (``seed``), on the same batches in the same order, with the same
-  optimizer settings; only precision changes. The step is ``minimp.train``'s loop
-  (forward in the regime's dtype, loss in float32 with master weights, scale,
-  backward, copy gradients to the masters, unscale, step or skip, update the
-  scale, refresh the 16-bit weights), without its bookkeeping.
+  optimizer settings; only precision changes. The step is ``Run.step``, the one
+  the training loop runs (forward in the regime's dtype, loss in float32 with
+  master weights, scale, backward, copy gradients to the masters, unscale, step or
+  skip, update the scale, refresh the 16-bit weights), without its bookkeeping.
+  The baselines (``minimp.baselines``: the same network by hand in NumPy/CuPy,
+  and in PyTorch eager) start from the same weights and take the same batches.
 - **Data already there.** The batches are drawn once, converted to the regime's
   dtype and moved to the device before any clock starts, as a data loader would
   deliver them: a step's time is compute, not transfer.
@@ -18,7 +20,7 @@ The method, the same for every regime so that ratios measured in one run are fai
   ``time.perf_counter``; a block's time divided by ``steps`` is one sample, and
   the median sample is reported (with the fastest and slowest beside it), so one
   block disturbed by another process does not move the result.
-- **Interleaved.** Regimes compared in one call take their timed blocks in turn
+- **Interleaved.** Contenders compared in one call take their timed blocks in turn
   (one block of each, then the next round), so a load that comes and goes during
   the run falls on all of them alike.
 - **Synchronised.** GPU kernels run asynchronously: the device is synchronised
