@@ -114,12 +114,14 @@ def narrow(array: Any, dtype: Any) -> Any:
     to round. (A handful are cheaper left to the cast: the copy costs more.)
     """
     if dtype == np.float16 and array_module(array) is np and array.dtype == np.float32:
-        if not array.flags.c_contiguous:  # so that its bits can be viewed
+        contiguous = array.flags.c_contiguous
+        if not contiguous:  # a copy, so that its bits can be viewed
             array = array.copy()
         # nonzero and below 2^-14, read off the bits: |x| - 1 wraps around for zeros
         tiny = (array.view(np.uint32) & 0x7FFF_FFFF) - np.uint32(1) < np.uint32(0x387F_FFFF)
         if np.count_nonzero(tiny) > array.size // 64:  # a few are cheaper left to the cast
-            array = array.copy()
+            if contiguous:  # never round the caller's array in place
+                array = array.copy()
             array[tiny] = np.rint(array[tiny] * np.float32(2.0**24)) * np.float32(2.0**-24)
     return array.astype(dtype, copy=False)
 

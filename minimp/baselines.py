@@ -296,13 +296,14 @@ def _same(a: Any) -> Any:
 # ---- PyTorch ------------------------------------------------------------------------------
 
 
-def torch_available() -> bool:
-    """True when PyTorch can be imported (it is optional: a test oracle and a baseline)."""
+def torch_available(device: str = "cpu") -> bool:
+    """True when PyTorch can be imported and, for ``device="cuda"``, sees a GPU (it is
+    optional: a test oracle and a baseline)."""
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return False
-    return True
+    return device == "cpu" or torch.cuda.is_available()
 
 
 def _torch() -> Any:

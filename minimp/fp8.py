@@ -156,10 +156,12 @@ class TensorScaling:
         if not update:  # an evaluation: the statistics stay those of the last training cast
             return (_encode(rounded, fmt) if xp is np else rounded), scale
         nonzero = int(xp.count_nonzero(x))
+        magnitude = xp.abs(x)
         # NaNs are left out of the amax, as TE's fmaxf reduction leaves them out
-        self.last_amax = float(xp.where(xp.isnan(x), 0, xp.abs(x)).max()) if nonzero else 0.0
+        self.last_amax = float(xp.where(xp.isnan(x), 0, magnitude).max()) if nonzero else 0.0
         self.last_underflow = int(((x != 0) & (rounded == 0)).sum()) / max(nonzero, 1)
-        self.last_saturated = int((xp.abs(scaled) > fmt.max).sum()) / max(nonzero, 1)
+        # |x * scale| is |x| * scale exactly (a power of two; inf past float32's range)
+        self.last_saturated = int((magnitude * scale > fmt.max).sum()) / max(nonzero, 1)
         self.last_scale = float(scale)
         self.amax_history = np.concatenate([[self.last_amax], self.amax_history[:-1]]).astype(
             np.float32

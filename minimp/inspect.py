@@ -221,18 +221,18 @@ def compare_regimes(
     """Run each regime once per seed. Returns, per regime, one (history, gradient
     records) pair per seed; the records say what a cast to the regime's 16-bit format
     does to the float32 gradients, four times per run (see ``minimp.inspect``). Each
-    history's ``memory`` is the run's ``memory_report``, measured before training."""
+    history's ``memory`` is the regime's ``memory_report`` (the same for every seed:
+    shapes and dtypes do not depend on it), measured once, before training."""
     results: dict[str, list[tuple[History, list[dict[str, Any]]]]] = {}
     for name in regimes:
         regime = get_regime(name)
+        memory = memory_report(Run(regime, dataset, config))
         for seed in seeds:
             run_config = replace(config, seed=seed, record_every=max(config.steps // 4, 1))
             recorder = GradientRecorder("bfloat16" if regime.dtype == bfloat16 else "float16")
             hooks = [recorder] if regime.dtype != float32 else []
-            run = Run(regime, dataset, run_config)
-            memory = memory_report(run)
-            history = run.train(hooks=hooks, progress=progress)
-            history.memory = memory
+            history = Run(regime, dataset, run_config).train(hooks=hooks, progress=progress)
+            history.memory = dict(memory)
             results.setdefault(name, []).append((history, recorder.records))
     return results
 
