@@ -26,7 +26,7 @@ DPI = 110
 
 
 def figure_number_line() -> tuple[Figure, dict]:
-    return plots.number_line(formats.FORMATS), {}
+    return plots.number_line(), {}
 
 
 def figure_master_weights(results: dict) -> tuple[Figure, dict]:

@@ -33,7 +33,7 @@ from matplotlib.ticker import (
 )
 from matplotlib.transforms import blended_transform_factory
 
-from minimp.formats import FORMATS, Format, count_categories, get_format
+from minimp.formats import Format, count_categories, get_format
 
 __all__ = [
     "CATEGORY_COLORS",
@@ -190,8 +190,12 @@ def _log2_axis(axis: Any) -> None:
 # ---- 1. the formats on one axis ------------------------------------------------------
 
 
+# The formats lessons 1-8 train with (the MX element formats and e8m0 join in lesson 10).
+NUMBER_LINE_FORMATS = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
 def number_line(
-    formats: Sequence[Format | str] = FORMATS,
+    formats: Sequence[Format | str] = NUMBER_LINE_FORMATS,
     *,
     title: str | None = None,
     figsize: tuple[float, float] = (8.0, 4.2),
@@ -226,7 +230,7 @@ def number_line(
         ax.text(
             top + overflow_width + 1,
             y,
-            "inf" if fmt.has_inf else "NaN",
+            "inf" if fmt.has_inf else ("max" if fmt.saturates else "NaN"),
             va="center",
             fontsize=9,
         )

@@ -17,6 +17,8 @@ round to float32 *to odd* first, which makes the second rounding exact
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -27,8 +29,12 @@ from minimp import formats
 from minimp.formats import (
     BFLOAT16,
     CATEGORIES,
+    FLOAT4_E2M1FN,
+    FLOAT6_E2M3FN,
+    FLOAT6_E3M2FN,
     FLOAT8_E4M3FN,
     FLOAT8_E5M2,
+    FLOAT8_E8M0FNU,
     FLOAT16,
     FLOAT32,
     FORMATS,
@@ -42,7 +48,11 @@ from minimp.formats import (
     split_bits,
 )
 
-SMALL_FORMATS = [FLOAT16, BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2]  # every bit pattern enumerable
+# The OCP MX element formats (saturating, no inf, no NaN) and the e8m0 block scale.
+MX_FORMATS = [FLOAT6_E3M2FN, FLOAT6_E2M3FN, FLOAT4_E2M1FN, FLOAT8_E8M0FNU]
+# every bit pattern enumerable
+SMALL_FORMATS = [FLOAT16, BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, *MX_FORMATS]
+SIGNED_FORMATS = [fmt for fmt in SMALL_FORMATS if fmt.signed]
 # Formats minimp does not name, built from fields only: round_to must be generic.
 OTHER_FORMATS = [
     Format("float8_e4m3", 4, 3, 7, True, ml_dtypes.float8_e4m3),  # IEEE-style, max 240
@@ -178,7 +188,8 @@ def test_get_format() -> None:
 @pytest.mark.parametrize("fmt", SMALL_FORMATS + OTHER_FORMATS, ids=lambda f: f.name)
 def test_every_bit_pattern_round_trips(fmt: Format) -> None:
     values = all_values(fmt)
-    back = round_to(widen(values, np.float32), fmt).astype(fmt.dtype)
+    with np.errstate(invalid="ignore"):  # signaling NaNs come back signaling: the cast says so
+        back = round_to(widen(values, np.float32), fmt).astype(fmt.dtype)
     nan = np.isnan(widen(values, np.float32))
     assert np.isnan(widen(back, np.float32))[nan].all()
     np.testing.assert_array_equal(
@@ -189,7 +200,17 @@ def test_every_bit_pattern_round_trips(fmt: Format) -> None:
 @pytest.mark.parametrize("fmt", SMALL_FORMATS + OTHER_FORMATS, ids=lambda f: f.name)
 def test_round_to_matches_cast_bit_for_bit(fmt: Format) -> None:
     x = np.concatenate([random_float32(N_RANDOM, seed=fmt.bits), tie_inputs(fmt), edge_inputs(fmt)])
-    assert_same_bits(round_to(x, fmt), cast(x, fmt))
+    assert_same_bits_as_cast(round_to(x, fmt), x, fmt)
+
+
+def assert_same_bits_as_cast(got: np.ndarray, x: np.ndarray, fmt: Format) -> None:
+    """round_to against the cast; a format without NaN keeps NaN inputs NaN (the cast
+    stores a zero for them, see round_to's docstring)."""
+    if fmt.nan == "none":
+        nan = np.isnan(x)
+        assert np.isnan(got[nan]).all()
+        got, x = got[~nan], x[~nan]
+    assert_same_bits(got, cast(x, fmt))
 
 
 def test_float16_ties_and_thresholds_by_hand() -> None:
@@ -226,8 +247,7 @@ def test_float64_inputs_round_once(fmt: Format) -> None:
         fmt.min_exponent - fmt.mantissa_bits - 2, fmt.max_exponent + 2, 200_000
     )
     x = np.concatenate([ties + tiny, ties - tiny, rng.uniform(-2, 2, scale.size) * scale])
-    want = cast(to_float32_round_to_odd(x), fmt)
-    assert_same_bits(round_to(x, fmt), want)
+    assert_same_bits_as_cast(round_to(x, fmt), to_float32_round_to_odd(x), fmt)
     if fmt is FLOAT16:  # numpy's float64 -> float16 cast is direct, hence right
         assert_same_bits(round_to(x, fmt), cast(x, fmt))
     # The case from the module docstring, where ml_dtypes 0.6.0 returns 1.0 for bfloat16.
@@ -254,7 +274,7 @@ def neighbours(x: np.ndarray, fmt: Format) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-@pytest.mark.parametrize("fmt", SMALL_FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("fmt", SIGNED_FORMATS, ids=lambda f: f.name)
 @settings(max_examples=60, deadline=None)
 @given(value=st.floats(-1.0, 1.0, allow_subnormal=True), power=st.integers(-40, 17))
 def test_stochastic_gives_a_neighbour(fmt: Format, value: float, power: int) -> None:
@@ -342,10 +362,12 @@ def test_split_bits_matches_the_stored_pattern_and_value(fmt: Format) -> None:
     np.testing.assert_array_equal(pattern, values.view(uint_dtype(fmt)))
     # The fields mean what IEEE says: (-1)^s * 1.mantissa * 2^(exponent - bias), or
     # (-1)^s * 0.mantissa * 2^(1 - bias) when the exponent field is 0 (subnormal).
+    # Without subnormals (e8m0) the zero field is one more binade: no special case.
     x = widen(values)
     finite = np.isfinite(x)
-    significand = np.where(exponent == 0, mantissa, mantissa + 2**m).astype(np.float64)
-    power = np.maximum(exponent, 1) - fmt.bias - m
+    subnormal = (exponent == 0) & fmt.subnormals
+    significand = np.where(subnormal, mantissa, mantissa + 2**m).astype(np.float64)
+    power = np.maximum(exponent, int(fmt.subnormals)) - fmt.bias - m
     rebuilt = np.where(sign == 1, -1.0, 1.0) * np.ldexp(significand, power)
     np.testing.assert_array_equal(rebuilt[finite], x[finite])
 
@@ -387,8 +409,12 @@ def test_classify_by_hand(x: float, fmt: Format, category: Category) -> None:
 def test_classify_agrees_with_the_cast(fmt: Format) -> None:
     x = np.concatenate([random_float32(100_000, seed=7), tie_inputs(fmt), edge_inputs(fmt)])
     r = cast(x, fmt)
+    # A saturating format overflows where the rounding would pass max: from max + ulp/2
+    # on (max's last fraction bit is 1, so that tie goes up, past max).
+    ulp_max = 2.0 ** (fmt.max_exponent - fmt.mantissa_bits)
+    saturated = fmt.saturates & (np.abs(x) >= fmt.max + ulp_max / 2)
     want = np.select(
-        [np.isnan(x), x == 0, r == 0, ~np.isfinite(r), np.abs(r) < fmt.min_normal],
+        [np.isnan(x), x == 0, r == 0, ~np.isfinite(r) | saturated, np.abs(r) < fmt.min_normal],
         [Category.NAN, Category.ZERO, Category.FLUSHED_TO_ZERO, Category.OVERFLOW,
          Category.SUBNORMAL],
         Category.NORMAL,
@@ -413,3 +439,74 @@ def test_count_categories() -> None:
 def test_public_api() -> None:
     assert set(formats.__all__) <= set(dir(formats))
     assert CATEGORIES == ("zero", "flushed_to_zero", "subnormal", "normal", "overflow", "nan")
+
+
+# --- the special codes as fields: overflow, saturation, NaN, no sign, no zero ----------
+
+
+def stored(x: Any, fmt: Format) -> list[int]:
+    """The codes a cast stores for round_to's result."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return round_to(x, fmt).astype(fmt.dtype).view(uint_dtype(fmt)).tolist()
+
+
+def test_negative_overflow_keeps_its_sign_in_e4m3fn() -> None:
+    x = np.array([-500, -np.inf, 500, np.inf, -np.nan], np.float32)
+    assert stored(x, FLOAT8_E4M3FN) == [0xFF, 0xFF, 0x7F, 0x7F, 0xFF]
+    assert stored(x, FLOAT8_E4M3FN) == x.astype(FLOAT8_E4M3FN.dtype).view(np.uint8).tolist()
+
+
+@pytest.mark.parametrize(
+    ("bits", "fmt"),
+    [(0x7C01, FLOAT16), (0xFE03, FLOAT16), (0x7F81, BFLOAT16), (0x7F80_0001, FLOAT32),
+     (0xFFC0_1234, FLOAT32)],
+)  # fmt: skip
+def test_nan_payloads_and_signaling_bits_survive(bits: int, fmt: Format) -> None:
+    """As NumPy's float16 <-> float32 casts keep them (0x7c01 is a signaling NaN)."""
+    x = np.array([bits], uint_dtype(fmt)).view(fmt.dtype)
+    with np.errstate(invalid="ignore"):
+        widened = x.astype(np.float32)
+    assert round_to(x, fmt).view(np.uint32).tolist() == widened.view(np.uint32).tolist()
+    if fmt is not BFLOAT16:  # ml_dtypes' float32 -> bfloat16 cast makes every NaN 0x7fc0
+        assert stored(x, fmt) == [bits]
+
+
+def test_mx_element_formats_saturate() -> None:
+    x = np.array([6.99, 7.0, 1e9, np.inf, -np.inf, -7.0, 0.25, 0.75, 5.0], np.float32)
+    np.testing.assert_array_equal(round_to(x, FLOAT4_E2M1FN), [6, 6, 6, 6, -6, -6, 0, 1, 4])
+    np.testing.assert_array_equal(round_to(x, FLOAT4_E2M1FN), cast(x, FLOAT4_E2M1FN))
+    assert (FLOAT6_E2M3FN.max, FLOAT6_E3M2FN.max, FLOAT4_E2M1FN.max) == (7.5, 28, 6)
+    assert round_to(1e9, FLOAT6_E3M2FN) == 28 and round_to(-1e9, FLOAT6_E2M3FN) == -7.5
+    codes = classify(np.array([1e9, 6.5, 7.0], np.float32), FLOAT4_E2M1FN)
+    assert codes.tolist() == [Category.OVERFLOW, Category.NORMAL, Category.OVERFLOW]
+
+
+def test_a_format_without_nan_keeps_nan_visible() -> None:
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(round_to([np.nan, -np.nan], FLOAT4_E2M1FN)).all()
+        assert (
+            stored([np.nan], FLOAT6_E2M3FN)
+            == np.float32([np.nan]).astype(FLOAT6_E2M3FN.dtype).view(np.uint8).tolist()
+        )  # what the cast then stores: ml_dtypes' zero
+
+
+def test_e8m0_is_a_bare_power_of_two() -> None:
+    # ties between 2^e and 2^(e+1) go up (an exponent alone is "odd"); nothing rounds to 0
+    x = [1.0, 1.5, 3.0, 0.75, 1e-45, 2.0**127, 1.49 * 2.0**127]
+    assert round_to(x, FLOAT8_E8M0FNU).tolist() == [1, 2, 4, 1, 2.0**-127, 2.0**127, 2.0**127]
+    assert np.isnan(round_to(1.5 * 2.0**127, FLOAT8_E8M0FNU))  # overflow: NaN, no inf
+    # no sign and no zero: NaN, stored as 0xff
+    assert stored([0.0, -0.0, -1.0, np.inf, np.nan], FLOAT8_E8M0FNU) == [0xFF] * 5
+    assert bit_string(1.0, FLOAT8_E8M0FNU) == "01111111" and FLOAT8_E8M0FNU.bits == 8
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"has_inf": False}, "has_inf=False with nan='ieee'"),
+     ({"has_inf": True, "nan": "all_ones"}, "has_inf=True with nan='all_ones'"),
+     ({"has_inf": False, "nan": "sometimes"}, "nan must be"),
+     ({"has_inf": True, "saturates": True}, "cannot saturate")],
+)  # fmt: skip
+def test_inconsistent_special_codes_are_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Format("float8_custom", 4, 3, 7, dtype=ml_dtypes.float8_e4m3fn, **fields)

@@ -44,7 +44,7 @@ def test_every_regime_and_format_has_its_own_colour():
 
 
 def test_number_line(tmp_path):
-    fig = plots.number_line(formats.FORMATS)
+    fig = plots.number_line()
     (ax,) = [a for a in fig.axes if a.get_xlabel()]
     assert ax.get_xlabel().startswith("log2 |x|")
     assert "fp16" in ax.get_title()

@@ -1,0 +1,249 @@
+"""Per-tensor scaling: one scale fits a whole tensor into a narrow format.
+
+fp8 has 3 (e4m3) or 2 (e5m2) mantissa bits and a tiny range: e4m3fn spans 2^-9 to
+448, e5m2 2^-16 to 57344, against 2^-24 to 65504 for float16. Activations,
+weights and gradients each sit in their own band of magnitudes, far apart, so one
+global loss scale (enough for float16, Micikevicius et al. 2018, sec. 3.2)
+cannot fit them all into fp8. Each tensor gets its own scale instead, chosen so
+that its largest magnitude lands near the top of the format (Micikevicius et al.
+2022, "FP8 Formats for Deep Learning"). The current maximum |x| (the amax) is
+only known after reading the tensor, and reading it twice per cast costs memory
+bandwidth, so Transformer Engine's DelayedScaling uses the largest amax seen in
+the last ``amax_history_len`` casts of that tensor: the scale is one step late.
+
+minimp's choice, where TE differs: the scale is rounded *down* to a power of
+two. Multiplying and dividing a float32 by a power of two is exact, so the only
+rounding is the fp8 one, and a test can check it bit for bit against
+``ml_dtypes``. TE keeps ``fmt.max / amax`` as it is, and its ``x * scale`` and
+``1 / scale`` then round in float32 too. The cost of rounding down is at most
+one binade of headroom: amax lands in (max/2, max] instead of on max. The OCP
+MX formats store their block scales as powers of two (E8M0) for the same reason.
+
+Arrays may be NumPy or CuPy: ``formats.round_to`` works on either. This module
+knows nothing of tensors or layers; :mod:`minimp.fp8` builds the fp8 matmul on it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from minimp import backend
+from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format, round_to
+
+__all__ = ["FP8_FORMATS", "DelayedScaling", "TensorScaling", "decode", "encode"]
+
+FP8_FORMATS = (FLOAT8_E4M3FN, FLOAT8_E5M2)
+# A scale stays a normal float32 power of two, so x * scale is exact (TE clamps at FLT_MAX).
+MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT = -126, 127
+
+
+@dataclass(frozen=True, slots=True)
+class DelayedScaling:
+    """How each fp8 tensor chooses its scale: TE's ``DelayedScaling``, ``amax_compute_algo="max"``.
+
+    ``margin``: keep 2^margin of headroom below the format's max (scale / 2^margin).
+    ``amax_history_len``: how many past casts the amax is taken over (TE's default
+    is 1024; 16 suits minimp's short runs). ``scaling=False`` fixes every scale at
+    1.0: plain fp8 casts, to show what fails without a per-tensor scale.
+    """
+
+    margin: int = 0
+    amax_history_len: int = 16
+    scaling: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (_is_int(self.margin) and self.margin >= 0):
+            problems.append(f"margin must be an int >= 0, got {self.margin!r}")
+        if not (_is_int(self.amax_history_len) and self.amax_history_len >= 1):
+            problems.append(f"amax_history_len must be an int >= 1, got {self.amax_history_len!r}")
+        if not isinstance(self.scaling, bool):
+            problems.append(f"scaling must be True or False, got {self.scaling!r}")
+        if problems:
+            raise ValueError("invalid DelayedScaling recipe: " + "; ".join(problems))
+        object.__setattr__(self, "margin", int(self.margin))
+        object.__setattr__(self, "amax_history_len", int(self.amax_history_len))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _is_power_of_two_scale(x: Any) -> bool:
+    if not (isinstance(x, Real) and not isinstance(x, bool) and 0 < x < math.inf):
+        return False
+    mantissa, e = math.frexp(float(x))
+    return mantissa == 0.5 and MIN_SCALE_EXPONENT <= e - 1 <= MAX_SCALE_EXPONENT
+
+
+def _next_scale(amax: float, fmt: Format, margin: int, previous: float) -> float:
+    """TE's fmt.max / amax / 2^margin, rounded down to a power of two; ``previous``
+    when amax is 0 or not finite (nothing to learn from it)."""
+    if not (0 < amax < math.inf):
+        return previous
+    _, e = math.frexp(fmt.max / amax)  # max / amax = f * 2^e, f in [0.5, 1): floor(log2) = e - 1
+    return math.ldexp(1.0, min(max(e - 1 - margin, MIN_SCALE_EXPONENT), MAX_SCALE_EXPONENT))
+
+
+class TensorScaling:
+    """The scale of one tensor role (a layer's input, weight or output gradient).
+
+    State: ``amax_history`` (float32, newest first, zeros at the start), ``scale``
+    (starts at 1.0, as in TE: the first cast of each tensor is unscaled). Each
+    :meth:`quantize` uses the current scale, then chooses the next one::
+
+        q = round_to(clip(x * scale, -max, max), fmt) / scale   # saturating, as TE's satfinite cast
+        amax_history = [max|x|] + amax_history[:-1]
+        amax = max(amax_history)
+        if scaling and 0 < amax < inf:
+            scale = 2 ** (floor(log2(fmt.max / amax)) - margin)
+
+    A spike is remembered for ``amax_history_len`` casts, then forgotten. NaN
+    elements are left out of amax, as TE's fmaxf reductions leave them out; an
+    inf keeps the scale where it was for as long as it stays in the history.
+    After each updating call ``last_amax``, ``last_underflow`` (fraction of the nonzero
+    inputs that became 0) and ``last_saturated`` (fraction of the nonzero inputs
+    clipped to +-max) say what that cast did.
+    """
+
+    def __init__(self, fmt: Format | str, recipe: DelayedScaling | None = None) -> None:
+        fmt = get_format(fmt)
+        if fmt not in FP8_FORMATS:
+            names = ", ".join(f.name for f in FP8_FORMATS)
+            raise ValueError(f"TensorScaling needs an fp8 format ({names}), got {fmt.name}")
+        self.format = fmt
+        self.recipe = recipe if recipe is not None else DelayedScaling()
+        self.amax_history = np.zeros(self.recipe.amax_history_len, dtype=np.float32)
+        self.scale = 1.0
+        self.last_scale = 1.0  # the scale the last quantize used
+        self.last_amax = 0.0
+        self.last_underflow = 0.0
+        self.last_saturated = 0.0
+
+    def quantize(self, array: Any, update: bool = True) -> Any:
+        """``array``'s values after a round trip through fp8 with the current scale, as
+        float32. ``update=False`` leaves the history and the scale as they were."""
+        stored, scale = self.cast(array, update)
+        return decode(stored, self.format) / scale
+
+    @np.errstate(all="ignore")  # overflow and NaN are what the statistics count, not errors
+    def cast(self, array: Any, update: bool = True) -> tuple[Any, np.float32]:
+        """``array`` stored in fp8 with the current scale: the fp8 array (1 byte a value;
+        on CuPy, which has no fp8 dtype, float32 values of fp8) and that scale. The
+        value each element stands for is ``stored / scale``."""
+        xp = backend.array_module(array)
+        fmt, scale = self.format, np.float32(self.scale)
+        x = array.astype(np.float32, copy=False)
+        # scale is a power of two in [2^-126, 2^127]: x * scale is exact unless it leaves
+        # float32's normal range, where fp8 gives 0 or +-max anyway, and stored / scale is
+        # a multiple of 2^-16 / 2^127 = 2^-143, which float32 holds even when subnormal.
+        scaled = x * scale
+        clipped = xp.clip(scaled, -fmt.max, fmt.max)
+        rounded = _round_saturated(clipped, fmt) if xp is np else round_to(clipped, fmt)
+        if not update:  # an evaluation: the statistics stay those of the last training cast
+            return (encode(rounded, fmt) if xp is np else rounded), scale
+        nonzero = int(xp.count_nonzero(x))
+        magnitude = xp.abs(x)
+        # NaNs are left out of the amax, as TE's fmaxf reduction leaves them out
+        self.last_amax = float(xp.where(xp.isnan(x), 0, magnitude).max()) if nonzero else 0.0
+        self.last_underflow = int(((x != 0) & (rounded == 0)).sum()) / max(nonzero, 1)
+        # |x * scale| is |x| * scale exactly (a power of two; inf past float32's range)
+        self.last_saturated = int((magnitude * scale > fmt.max).sum()) / max(nonzero, 1)
+        self.last_scale = float(scale)
+        self.amax_history = np.concatenate([[self.last_amax], self.amax_history[:-1]]).astype(
+            np.float32
+        )
+        if self.recipe.scaling:
+            amax = float(self.amax_history.max())
+            self.scale = _next_scale(amax, fmt, self.recipe.margin, self.scale)
+        return (encode(rounded, fmt) if xp is np else rounded), scale
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state training changes: a copy of the amax history and the scale."""
+        return {"amax_history": self.amax_history.copy(), "scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.amax_history, self.scale = self._checked(state)
+
+    def _checked(self, state: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """``state``'s values, or a KeyError / ValueError saying why they do not fit."""
+        if set(state) != {"amax_history", "scale"}:
+            raise KeyError(
+                "TensorScaling state needs the keys 'amax_history' and 'scale', "
+                f"got {sorted(state)}"
+            )
+        length = self.recipe.amax_history_len
+        try:
+            history = np.asarray(state["amax_history"], dtype=np.float32)
+        except (TypeError, ValueError):
+            history = None
+        if history is None or history.shape != (length,) or not (history >= 0).all():
+            raise ValueError(
+                f"amax_history must hold {length} (amax_history_len) numbers >= 0, "
+                f"got {state['amax_history']!r}"
+            )
+        scale = state["scale"]
+        if not _is_power_of_two_scale(scale):
+            raise ValueError(
+                f"scale must be a power of two from 2^{MIN_SCALE_EXPONENT} to "
+                f"2^{MAX_SCALE_EXPONENT}, got {scale!r}"
+            )
+        return history, float(scale)
+
+    def __repr__(self) -> str:
+        return f"TensorScaling({self.format.name}, scale={self.scale:g})"
+
+
+# ---- fast fp8 casts on the CPU -----------------------------------------------------
+# ml_dtypes casts float32 to and from fp8 element by element (about 9 ns each way);
+# these take about a tenth of that, and the tests check them bit for bit against it.
+
+
+def _round_saturated(x: np.ndarray, fmt: Format) -> np.ndarray:
+    """Round float32 ``x`` (|x| <= fmt.max, or NaN) to the nearest fp8 value, ties to
+    even, as float32. Normal range: round the float32 bit pattern at the format's last
+    mantissa bit (a carry into the exponent is the correct result). Subnormal range:
+    the spacing is the constant min_subnormal, so rint(x / spacing) * spacing."""
+    shift = 23 - fmt.mantissa_bits
+    bits = np.ascontiguousarray(x).view(np.uint32)
+    ties_to_even = ((bits >> np.uint32(shift)) & np.uint32(1)) + np.uint32((1 << (shift - 1)) - 1)
+    keep = np.uint32((0xFFFF_FFFF << shift) & 0xFFFF_FFFF)
+    rounded = ((bits + ties_to_even) & keep).view(np.float32)
+    spacing = np.float32(fmt.min_subnormal)
+    subnormal = np.rint(x / spacing) * spacing
+    rounded = np.where(np.abs(x) < np.float32(fmt.min_normal), subnormal, rounded)
+    return np.where(np.isnan(x), x, rounded)
+
+
+def _tables(fmt: Format) -> tuple[np.ndarray, np.ndarray]:
+    """fp8 code -> float32 (256 entries), and the top 16 bits of a float32 holding an
+    fp8 value -> its code (65,536 entries): every fp8 value has at most 3 mantissa
+    bits and a normal float32 exponent, so those 16 bits determine it."""
+    if fmt.name not in _TABLES:
+        decode = np.arange(256, dtype=np.uint8).view(fmt.dtype).astype(np.float32)
+        tops = (np.arange(2**16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+        with np.errstate(all="ignore"):
+            encode = tops.astype(fmt.dtype).view(np.uint8)
+        _TABLES[fmt.name] = decode, encode
+    return _TABLES[fmt.name]
+
+
+_TABLES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def encode(values: np.ndarray, fmt: Format) -> np.ndarray:
+    """float32 fp8 values -> the fp8 array (ml_dtypes dtype) holding them."""
+    top = (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return np.take(_tables(fmt)[1], top).view(fmt.dtype)
+
+
+def decode(stored: Any, fmt: Format) -> Any:
+    """An fp8 array -> float32 (on CuPy the values already are float32)."""
+    if backend.array_module(stored) is not np:
+        return stored
+    return np.take(_tables(fmt)[0], stored.view(np.uint8))
