@@ -4,6 +4,7 @@ python -m minimp            run every lesson in notebooks/ (redraws the figures)
 python -m minimp lessons 02 run the lessons whose names start with 02
 python -m minimp notebooks  regenerate each lesson's .ipynb from its .py
 python -m minimp demo       a short tour of the engine, every number measured
+python -m minimp policies   print each regime's precision policy (no training)
 python -m minimp regimes    train the precision regimes side by side (README tables)
 python -m minimp figures    measure and redraw the README's figures
 python -m minimp bench      step time and memory per regime, against NumPy and PyTorch
@@ -72,22 +73,22 @@ def demo(steps: int = 300, seed: int = 0) -> dict[str, float]:
 
 def regimes(seeds: int = 3, setting: str = "default") -> str:
     """Train the regimes of a documented setting over several seeds; print the README table."""
-    from minimp import inspect
+    from minimp import experiments
     from minimp.train import ALL_REGIMES, LARGE_BATCH_ADAM, TrainConfig
 
     config, names = {
         "default": (TrainConfig(), tuple(ALL_REGIMES)),
         "large-batch-adam": (LARGE_BATCH_ADAM, ("fp32", "mixed-noscale", "mixed-dynamic")),
     }[setting]
-    results = inspect.compare_regimes(data.load_digits(), config, names, seeds=range(seeds))
-    table = inspect.markdown_table(inspect.summarize(results))
+    results = experiments.compare_regimes(data.load_digits(), config, names, seeds=range(seeds))
+    table = experiments.markdown_table(experiments.summarize(results))
     print(
         f"digits, setting {setting!r}: MLP {config.sizes}, {config.optimizer}, lr {config.lr}, "
         f"batch {config.batch_size}, {config.steps} steps, seeds 0..{seeds - 1}\n"
     )
     print(table)
     print("\nfinal training loss / fp32's, per seed:")
-    for name, ratios in inspect.loss_ratios(results).items():
+    for name, ratios in experiments.loss_ratios(results).items():
         print(f"  {name:14} " + "  ".join(f"{r:.2f}" for r in ratios))
     return table
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     run_demo = commands.add_parser("demo", help="a short tour of the engine")
     run_demo.add_argument("--steps", type=int, default=300)
+    commands.add_parser("policies", help="print each regime's precision policy (no training)")
     run_regimes = commands.add_parser("regimes", help="the regimes side by side (about a minute)")
     run_regimes.add_argument("--seeds", type=int, default=3)
     run_regimes.add_argument(
@@ -155,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
         figures.make_all()
         print(f"wrote {len(figures.FIGURES)} figures to {figures.FIGURES_DIR}")
+    elif args.command == "policies":
+        from minimp.regimes import regime_table
+
+        print(regime_table())
     elif args.command == "regimes":
         regimes(args.seeds, args.setting)
     elif args.command == "bench":

@@ -27,7 +27,7 @@ The method, the same for every regime so that ratios measured in one run are fai
   before each clock read, so a block's time includes all of its work.
 
 Memory is measured from the arrays one step holds, by the categories of
-``minimp.inspect.memory_report`` (parameters, master weights, gradients,
+``minimp.memory.memory_report`` (parameters, master weights, gradients,
 optimizer state, activations saved for backward): array bytes, the same on any
 device; a GPU memory pool may reserve more.
 
@@ -48,7 +48,7 @@ import numpy as np
 
 from minimp import backend
 from minimp.data import Dataset
-from minimp.inspect import memory_report
+from minimp.memory import memory_report
 from minimp.tensor import Tensor
 from minimp.train import Regime, Run, TrainConfig
 
@@ -376,7 +376,8 @@ def run_benchmark(
     from minimp.train import REGIMES
 
     backend.check_device(device)
-    regimes = [n for n, r in REGIMES.items() if device == "cpu" or r.dtype != bfloat16]
+    on_gpu = [n for n, r in REGIMES.items() if bfloat16 not in (r.param_dtype, r.compute_dtype)]
+    regimes = list(REGIMES) if device == "cpu" else on_gpu  # CuPy holds no bfloat16
     torch_ok = baseline_module.torch_available(device)
     chosen = [b for b in baselines if torch_ok or not b.startswith("torch")]
     workloads = {}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from minimp import data, formats, inspect, nn, optim, plots
+from minimp import data, experiments, formats, memory, nn, optim, plots, stats
 from minimp.amp import MasterWeights
 from minimp.tensor import float16, tensor
 from minimp.train import REGIMES, Run, TrainConfig
@@ -73,10 +73,10 @@ def figure_underflow_histogram(run: Run) -> tuple[Figure, dict]:
     in float32 (a float32 twin on the next batch), unscaled and at the scale the
     dynamic scaler settled on, with the advisor's window of safe scales."""
     x, y = run._batch(run.steps_done)
-    grads = inspect.float32_gradients(run.model, run.masters.parameters(), x, y)
+    grads = stats.float32_gradients(run.model, run.masters.parameters(), x, y)
     activations = np.concatenate([g["activation"].ravel() for g in grads.values()])
     everything = [g[k] for g in grads.values() for k in ("activation", "weight")]
-    window = inspect.loss_scale_window(everything, keep=0.99)
+    window = stats.loss_scale_window(everything, keep=0.99)
     settled = float(run.history.scale[-1])
     fig = plots.underflow_histogram(
         activations,
@@ -97,7 +97,7 @@ def figure_underflow_histogram(run: Run) -> tuple[Figure, dict]:
 
 
 def figure_layer_underflow(config: TrainConfig) -> tuple[Figure, dict]:
-    recorder = inspect.GradientRecorder()
+    recorder = stats.GradientRecorder()
     record_every = max(config.steps // 20, 1)
     Run("mixed-noscale", data.load_digits(), _with(config, record_every=record_every)).train(
         hooks=[recorder]
@@ -130,7 +130,7 @@ def figure_regimes(results: dict) -> tuple[Figure, dict]:
 
 def figure_memory(config: TrainConfig) -> tuple[Figure, dict]:
     digits = data.load_digits()
-    memory = {name: inspect.memory_report(Run(name, digits, config)) for name in REGIMES}
+    memory = {name: memory.memory_report(Run(name, digits, config)) for name in REGIMES}
     return plots.memory_bars(memory, title="Bytes held by one training step, measured"), memory
 
 
@@ -155,7 +155,7 @@ def make_all(out_dir: Path = FIGURES_DIR, config: TrainConfig = TrainConfig(), s
     """Measure and draw every figure into ``out_dir``; returns the numbers drawn."""
     out_dir.mkdir(parents=True, exist_ok=True)
     digits = data.load_digits()
-    results = inspect.compare_regimes(digits, config, tuple(REGIMES), seeds=seeds)
+    results = experiments.compare_regimes(digits, config, tuple(REGIMES), seeds=seeds)
     dynamic = Run("mixed-dynamic", digits, config)
     dynamic.train()
     made = {

@@ -1,26 +1,8 @@
-"""One training loop, and the named precision regimes it runs.
+"""One training loop, and the precision regimes it runs.
 
 Every regime trains the same MLP from the same float32 initialisation, on the
-same minibatches in the same order; only precision changes:
-
-| regime          | weights, activations, grads | update applied to | loss scale      |
-| --------------- | --------------------------- | ----------------- | --------------- |
-| `fp32`          | float32                     | float32 weights   | none            |
-| `fp16`          | float16                     | float16 weights   | none            |
-| `mixed-noscale` | float16                     | float32 masters   | none            |
-| `mixed-static`  | float16                     | float32 masters   | constant        |
-| `mixed-dynamic` | float16                     | float32 masters   | GradScaler      |
-| `bf16`          | bfloat16                    | float32 masters   | none (needless) |
-
-and, beyond the 2018 recipe (``BEYOND_FP16``):
-
-| regime          | weights, activations, grads | update applied to | rounding of the update |
-| --------------- | --------------------------- | ----------------- | ---------------------- |
-| `bf16-pure`     | bfloat16                    | bfloat16 weights  | nearest                |
-| `bf16-sr`       | bfloat16                    | bfloat16 weights  | stochastic             |
-| `bf16-kahan`    | bfloat16                    | bfloat16 weights  | nearest, Kahan carry   |
-| `fp8`           | float32; matmuls in fp8, one delayed scale per tensor (minimp.fp8) |||
-| `fp8-unscaled`  | the same with every scale 1: what fails without per-tensor scaling |||
+same minibatches in the same order; only precision changes, as each regime's
+policy says (:mod:`minimp.regimes`, printed by ``python -m minimp policies``).
 
 The loop is the paper's recipe in the order a reader must learn it (and the
 order nanoGPT uses): forward in 16 bits, loss in float32, scale the loss,
@@ -30,6 +12,7 @@ inf/NaN), update the scale, refresh the 16-bit weights from the masters.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -41,10 +24,11 @@ import numpy as np
 
 from minimp import backend, checkpoint, nn, optim
 from minimp import functional as F
-from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler
+from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler, autocast
 from minimp.data import Dataset
-from minimp.fp8 import DelayedScaling, Fp8Linear, to_fp8
-from minimp.tensor import Tensor, bfloat16, float16, float32, no_grad, tensor
+from minimp.fp8 import Fp8Linear, to_fp8
+from minimp.regimes import ALL_REGIMES, BEYOND_FP16, REGIMES, Regime, get_regime
+from minimp.tensor import Tensor, bfloat16, no_grad, tensor
 
 __all__ = [
     "ALL_REGIMES",
@@ -60,72 +44,6 @@ __all__ = [
     "get_regime",
     "train",
 ]
-
-
-@dataclass(frozen=True)
-class Regime:
-    name: str
-    dtype: Any  # of the model's weights, activations and gradients
-    master_weights: bool
-    loss_scaling: str | None  # None, "static" or "dynamic"
-    description: str
-    update_rounding: str = "nearest"  # how the optimizer stores new weights (minimp.optim)
-    fp8: DelayedScaling | None = None  # matmuls in fp8 with this recipe (minimp.fp8)
-
-
-# The 2018 recipe, step by step (Micikevicius et al.), and bf16 beside it.
-REGIMES: dict[str, Regime] = {
-    r.name: r
-    for r in [
-        Regime("fp32", float32, False, None, "float32 everywhere: the baseline"),
-        Regime("fp16", float16, False, None, "pure float16: weights, gradients and updates"),
-        Regime("mixed-noscale", float16, True, None, "float16 compute, float32 masters"),
-        Regime("mixed-static", float16, True, "static", "... plus a constant loss scale"),
-        Regime("mixed-dynamic", float16, True, "dynamic", "... plus a dynamic loss scale"),
-        Regime("bf16", bfloat16, True, None, "bfloat16 compute, float32 masters"),
-    ]
-}
-
-# What came after: 16-bit weights with no float32 copy at all, saved by how the
-# update is rounded (Gupta et al. 2015; Zamirai et al. 2020); and fp8 matmuls with a
-# scale per tensor (Micikevicius et al. 2022; Transformer Engine's delayed scaling).
-BEYOND_FP16: dict[str, Regime] = {
-    r.name: r
-    for r in [
-        Regime(
-            "fp8",
-            float32,
-            False,
-            None,
-            "fp8 matmuls, delayed per-tensor scales",
-            fp8=DelayedScaling(),
-        ),
-        Regime(
-            "fp8-unscaled",
-            float32,
-            False,
-            None,
-            "fp8 matmuls, every scale 1",
-            fp8=DelayedScaling(scaling=False),
-        ),
-        Regime("bf16-pure", bfloat16, False, None, "pure bfloat16, updates rounded to nearest"),
-        Regime(
-            "bf16-sr", bfloat16, False, None, "pure bfloat16, stochastic rounding", "stochastic"
-        ),
-        Regime("bf16-kahan", bfloat16, False, None, "pure bfloat16, Kahan-compensated", "kahan"),
-    ]
-}
-
-ALL_REGIMES = {**REGIMES, **BEYOND_FP16}
-
-
-def get_regime(regime: str | Regime) -> Regime:
-    """A regime by name (from ``REGIMES`` or ``BEYOND_FP16``), or the regime itself."""
-    if isinstance(regime, Regime):
-        return regime
-    if regime not in ALL_REGIMES:
-        raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(ALL_REGIMES)}")
-    return ALL_REGIMES[regime]
 
 
 @dataclass(frozen=True)
@@ -237,7 +155,7 @@ class Run:
                 f"{dataset.n_features} features in, {dataset.n_classes} classes out"
             )
         backend.check_device(device)
-        if device == "cuda" and self.regime.dtype == bfloat16:
+        if device == "cuda" and bfloat16 in (self.regime.param_dtype, self.regime.compute_dtype):
             raise ValueError(
                 f"regime {self.regime.name!r} computes in bfloat16, which minimp keeps on the "
                 "CPU: CuPy cannot hold ml_dtypes' bfloat16 arrays. Use device='cpu'"
@@ -249,9 +167,9 @@ class Run:
             config.activation,
             device=device,
             generator=np.random.default_rng(config.seed),
-        ).to(self.regime.dtype)
-        if self.regime.fp8 is not None:  # the same parameters, their matmuls in fp8
-            self.model = to_fp8(self.model, self.regime.fp8)
+        ).to(self.regime.param_dtype)
+        if self.regime.matmul is not None:  # the same parameters, their matmuls in fp8
+            self.model = to_fp8(self.model, self.regime.matmul)
         self.masters = MasterWeights(self.model) if self.regime.master_weights else None
         params = self.masters.parameters() if self.masters else self.model.parameters()
         rounding = {"update_rounding": self.regime.update_rounding}
@@ -287,23 +205,28 @@ class Run:
         return x[rows], y[rows]
 
     def to_device(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Any]:
-        """A batch as the step takes it: inputs in the regime's dtype, both on the device."""
+        """A batch as the step takes it: inputs in the parameters' dtype (autocast casts
+        them per op where the regime has it), both on the device."""
         xp = backend.array_module(self.model.parameters()[0].data)
-        return tensor(x, dtype=self.regime.dtype, device=self.device), xp.asarray(y)
+        return tensor(x, dtype=self.regime.param_dtype, device=self.device), xp.asarray(y)
 
     def _forward(self, x: Any, keep: bool) -> tuple[Tensor, list[tuple[str, Tensor]]]:
-        h = x if isinstance(x, Tensor) else tensor(x, dtype=self.regime.dtype, device=self.device)
+        h = x if isinstance(x, Tensor) else tensor(x, self.regime.param_dtype, device=self.device)
         kept = []
-        for i, layer in enumerate(self.model.layers):
-            h = layer(h)
-            if keep and isinstance(layer, nn.Linear | Fp8Linear) and h.requires_grad:
-                kept.append((f"layers.{i}", h.retain_grad()))
+        with (
+            autocast(self.regime.compute_dtype)
+            if self.regime.autocast
+            else contextlib.nullcontext()
+        ):
+            for i, layer in enumerate(self.model.layers):
+                h = layer(h)
+                if keep and layer.parameters() and h.requires_grad:  # a Linear's output
+                    kept.append((f"layers.{i}", h.retain_grad()))
         return h, kept
 
     def _loss(self, logits: Tensor, y: Any) -> Tensor:
-        # Mixed regimes compute the loss in float32 (sec. 3.3); pure fp16 stays fp16.
         y = backend.array_module(logits.data).asarray(y)
-        return F.cross_entropy(logits.float() if self.masters else logits, y)
+        return F.cross_entropy(logits.to(self.regime.loss_dtype), y)
 
     def step(self, x: Any, y: Any, hooks: Sequence[Hook] = (), measure: bool = False) -> StepResult:
         """One training step on the batch ``(x, y)``, in the paper's order: forward in the

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from minimp import backend, bench, data, inspect
+from minimp import backend, bench, data, memory
 from minimp.train import REGIMES, Run, TrainConfig
 
 DIGITS = data.load_digits()
@@ -55,14 +55,14 @@ def test_the_timed_step_is_the_training_loop_bit_for_bit(regime):
 def test_memory_report_leaves_the_run_as_it_was():
     run = Run("mixed-dynamic", DIGITS, TrainConfig(steps=3))
     before = [p.numpy().copy() for p in run.model.parameters()]
-    inspect.memory_report(run)
+    memory.memory_report(run)
     assert run.steps_done == 0 and run.optimizer.state == {} and run.scaler.history == []
     for p, b in zip(run.model.parameters(), before, strict=True):
         assert p.numpy().tobytes() == b.tobytes()
     # after training, the copy's optimizer state is counted once (one momentum buffer)
     run.train(2)
     n_params = sum(p.size for p in run.model.parameters())
-    assert inspect.memory_report(run)["optimizer state"] == 4 * n_params
+    assert memory.memory_report(run)["optimizer state"] == 4 * n_params
 
 
 def test_time_steps_calls_the_step_warmup_plus_steps_times_repeats():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minimp import data, inspect
+from minimp import data, experiments
 from minimp.train import LARGE_BATCH_ADAM, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -19,12 +19,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.fixture(scope="module")
 def default_runs():
-    return inspect.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1, 2))
+    return experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1, 2))
 
 
 @pytest.fixture(scope="module")
 def summary(default_runs):
-    return {row["regime"]: row for row in inspect.summarize(default_runs)}
+    return {row["regime"]: row for row in experiments.summarize(default_runs)}
 
 
 def test_mixed_dynamic_matches_fp32_accuracy_within_one_point(summary):
@@ -101,10 +101,10 @@ def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
     """The documented setting where scaling matters, seed 0 of the README's three
     (all three take four minutes): mixed-noscale ends with a clearly higher training
     loss than fp32 on the same seed, mixed-dynamic with fp32's."""
-    runs = inspect.compare_regimes(
+    runs = experiments.compare_regimes(
         data.load_digits(), LARGE_BATCH_ADAM, ("fp32", "mixed-noscale", "mixed-dynamic"), (0,)
     )
-    ratios = inspect.loss_ratios(runs)
+    ratios = experiments.loss_ratios(runs)
     assert ratios["mixed-noscale"][0] > 1.2
     assert abs(ratios["mixed-dynamic"][0] - 1) < 0.05
     readme = _readme_rows("Final training loss divided by fp32's")
@@ -117,7 +117,7 @@ def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
         ratios["mixed-dynamic"][0], abs=0.05
     )
     assert all(_number(c) > 1 for c in readme["mixed-noscale"])
-    summary = {row["regime"]: row for row in inspect.summarize(runs)}
+    summary = {row["regime"]: row for row in experiments.summarize(runs)}
     table = _readme_rows("### When scaling matters")
     flushed = summary["mixed-noscale"]["activation_flushed"]
     assert _number(table["mixed-noscale"][4]) == pytest.approx(100 * flushed, abs=5)

@@ -24,14 +24,14 @@ def _bits(run: Run) -> list[bytes]:
 def test_each_regime_holds_what_it_promises(name):
     regime = get_regime(name)
     run = Run(name, DIGITS, SHORT)
-    assert {p.dtype for p in run.model.parameters()} == {regime.dtype}
+    assert {p.dtype for p in run.model.parameters()} == {regime.param_dtype}
     assert (run.masters is not None) == regime.master_weights
     optimized = run.optimizer.param_groups[0]["params"]
-    expected = minimp.float32 if regime.master_weights else regime.dtype
+    expected = minimp.float32 if regime.master_weights else regime.param_dtype
     assert {p.dtype for p in optimized} == {expected}
     assert run.scaler.is_enabled() == (regime.loss_scaling is not None)
     assert run.optimizer.param_groups[0]["update_rounding"] == regime.update_rounding
-    assert len(run.fp8_layers()) == (0 if regime.fp8 is None else 2)
+    assert len(run.fp8_layers()) == (0 if regime.matmul is None else 2)
     history = run.train()
     assert len(history.loss) == 30 and history.eval_step == [10, 20, 30]
     assert all(np.isfinite(history.loss))

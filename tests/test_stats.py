@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import minimp
-from minimp import data, formats, inspect
+from minimp import data, formats, memory, stats
 from minimp.train import Run, TrainConfig
 
 DIGITS = data.load_digits()
@@ -21,7 +21,7 @@ def test_the_flush_boundaries_by_hand():
 
 
 def test_log2_histogram_puts_each_power_of_two_in_its_bin():
-    h = inspect.log2_histogram(np.array([0.0, 2.0**-24, 2.0**-24, 1.0, -1.0, np.inf]))
+    h = stats.log2_histogram(np.array([0.0, 2.0**-24, 2.0**-24, 1.0, -1.0, np.inf]))
     assert h["zeros"] == 1
     assert h["counts"][list(h["edges"]).index(-24)] == 2
     assert h["counts"][list(h["edges"]).index(0)] == 2
@@ -32,17 +32,17 @@ def test_loss_scale_window_by_hand():
     """Gradients from 2^-30 to 2^-4: to lift the smallest above 2^-24 needs S >= 2^6;
     to keep 2^-4 * S <= 65504 allows S <= 2^19 (2^20 * 2^-4 = 65536 overflows)."""
     grads = [2.0 ** np.arange(-30, -3, dtype=np.float64)]
-    assert inspect.loss_scale_window(grads, keep=1.0) == (2.0**6, 2.0**19)
+    assert stats.loss_scale_window(grads, keep=1.0) == (2.0**6, 2.0**19)
     # Keeping 90% of the 27 values lets at most 2 go (2.7 rounded down): 2^-28 must
     # survive, so S >= 2^4.
-    assert inspect.loss_scale_window(grads, keep=0.9)[0] == 2.0**4
-    assert inspect.loss_scale_window(grads, fmt="bfloat16", keep=1.0)[0] == 1.0 / 2.0**103
+    assert stats.loss_scale_window(grads, keep=0.9)[0] == 2.0**4
+    assert stats.loss_scale_window(grads, fmt="bfloat16", keep=1.0)[0] == 1.0 / 2.0**103
     with pytest.raises(ValueError, match="zero"):
-        inspect.loss_scale_window([np.zeros(3)])
+        stats.loss_scale_window([np.zeros(3)])
 
 
 def test_recorder_measures_what_the_cast_does_at_the_runs_scale():
-    recorder = inspect.GradientRecorder()
+    recorder = stats.GradientRecorder()
     Run("mixed-noscale", DIGITS, SMALL).train(hooks=[recorder])
     assert sorted({r["step"] for r in recorder.records}) == [0, 5, 10, 15]
     layers = {r["layer"] for r in recorder.records}
@@ -53,7 +53,7 @@ def test_recorder_measures_what_the_cast_does_at_the_runs_scale():
     # The same batch and weights, recomputed here: the recorder's first record agrees.
     run = Run("mixed-noscale", DIGITS, SMALL)
     x, y = run._batch(0)
-    grads = inspect.float32_gradients(run.model, run.masters.parameters(), x, y)
+    grads = stats.float32_gradients(run.model, run.masters.parameters(), x, y)
     expected = formats.count_categories(grads["layers.2"]["activation"], "float16")
     first = next(r for r in recorder.records if r["layer"] == "layers.2" and r["step"] == 0)
     assert (
@@ -65,7 +65,7 @@ def test_recorder_measures_what_the_cast_does_at_the_runs_scale():
 def test_float32_gradients_match_a_float32_run():
     run = Run("fp32", DIGITS, SMALL)
     x, y = run._batch(0)
-    grads = inspect.float32_gradients(run.model, run.model.parameters(), x, y)
+    grads = stats.float32_gradients(run.model, run.model.parameters(), x, y)
     loss = run._loss(run._forward(x, keep=False)[0], y)
     loss.backward()
     np.testing.assert_array_equal(
@@ -77,15 +77,15 @@ def test_saved_arrays_are_the_activations_the_graph_keeps():
     x = minimp.tensor(np.ones((4, 3)), requires_grad=True)
     w = minimp.tensor(np.ones((3, 2)), requires_grad=True)
     h = minimp.functional.relu(x @ w)  # matmul saves x and w; relu saves its output
-    saved = inspect.saved_arrays(h.sum())
+    saved = memory.saved_arrays(h.sum())
     assert sorted(a.nbytes for a in saved) == sorted([4 * 3 * 4, 3 * 2 * 4, 4 * 2 * 4])
 
 
 def test_memory_report_halves_parameters_and_activations_in_float16():
     """The default network: float16 activations are half of float32's, except the
     float32 pieces of the loss (log-probabilities) and the integer targets."""
-    fp32 = inspect.memory_report(Run("fp32", DIGITS))
-    mixed = inspect.memory_report(Run("mixed-dynamic", DIGITS))
+    fp32 = memory.memory_report(Run("fp32", DIGITS))
+    mixed = memory.memory_report(Run("mixed-dynamic", DIGITS))
     assert mixed["parameters"] * 2 == fp32["parameters"]
     assert mixed["master weights"] == fp32["parameters"]
     assert mixed["activations"] < 0.55 * fp32["activations"]
@@ -97,6 +97,6 @@ def test_memory_report_halves_parameters_and_activations_in_float16():
 def test_float32_gradients_of_an_fp8_model_says_where_to_look():
     run = Run("fp8", DIGITS)
     with pytest.raises(TypeError, match="grad_scaling"):
-        inspect.float32_gradients(
+        stats.float32_gradients(
             run.model, run.model.parameters(), DIGITS.x_train[:4], DIGITS.y_train[:4]
         )

@@ -1,0 +1,115 @@
+"""Experiments: every regime trained side by side, and the README's tables.
+
+``compare_regimes`` runs each regime over seeds with the gradient statistics of
+:mod:`minimp.stats` recorded; ``summarize`` and ``markdown_table`` turn the runs into
+the rows ``python -m minimp regimes`` prints into the README.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from minimp.data import Dataset
+from minimp.memory import memory_report
+from minimp.stats import GradientRecorder
+from minimp.tensor import float32
+from minimp.train import ALL_REGIMES, History, Run, TrainConfig, get_regime
+
+__all__ = ["compare_regimes", "loss_ratios", "markdown_table", "summarize"]
+
+
+def compare_regimes(
+    dataset: Dataset,
+    config: TrainConfig = TrainConfig(),
+    regimes: Sequence[str] = tuple(ALL_REGIMES),
+    seeds: Sequence[int] = (0, 1, 2),
+    progress: bool | None = None,
+) -> dict[str, list[tuple[History, list[dict[str, Any]]]]]:
+    """Run each regime once per seed. Returns, per regime, one (history, gradient
+    records) pair per seed; the records say what a cast to the regime's 16-bit format
+    does to the float32 gradients, four times per run (see ``minimp.stats``). Each
+    history's ``memory`` is the regime's ``memory_report`` (the same for every seed:
+    shapes and dtypes do not depend on it), measured once, before training."""
+    results: dict[str, list[tuple[History, list[dict[str, Any]]]]] = {}
+    for name in regimes:
+        regime = get_regime(name)
+        memory = memory_report(Run(regime, dataset, config))
+        for seed in seeds:
+            run_config = replace(config, seed=seed, record_every=max(config.steps // 4, 1))
+            recorder = GradientRecorder(regime.compute_dtype.name)
+            hooks = [recorder] if regime.compute_dtype != float32 else []
+            history = Run(regime, dataset, run_config).train(hooks=hooks, progress=progress)
+            history.memory = dict(memory)
+            results.setdefault(name, []).append((history, recorder.records))
+    return results
+
+
+def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) -> list[dict]:
+    """One row per regime: mean and spread (standard deviation) over seeds of the final
+    test accuracy and of the training loss (mean of the last 100 steps); the share of
+    updates lost late in training; skipped steps; and the share of nonzero activation
+    gradients the run's format flushes to zero at the last recorded step; the bytes one
+    training step holds (``memory_report``, when the history has it)."""
+    rows = []
+    for name, runs in results.items():
+        final_loss = [float(np.mean(h.loss[-100:])) for h, _ in runs]
+        accuracy = [h.test_accuracy[-1] for h, _ in runs]
+        lost = [float(np.nanmean(h.lost_updates[-100:])) for h, _ in runs]
+        flushed = [_late_activation_flush(records) for _, records in runs]
+        rows.append(
+            {
+                "regime": name,
+                "accuracy_mean": float(np.mean(accuracy)),
+                "accuracy_std": float(np.std(accuracy)),
+                "loss_mean": float(np.mean(final_loss)),
+                "loss_std": float(np.std(final_loss)),
+                "lost_updates": float(np.mean(lost)),
+                "skipped": float(np.mean([sum(h.skipped) for h, _ in runs])),
+                "activation_flushed": float(np.mean(flushed)) if runs[0][1] else math.nan,
+                "memory": sum(runs[0][0].memory.values()) if runs[0][0].memory else math.nan,
+            }
+        )
+    return rows
+
+
+def loss_ratios(results: dict[str, list], reference: str = "fp32") -> dict[str, list[float]]:
+    """Per seed, each regime's final training loss divided by the reference regime's on
+    the same seed: the paired comparison, free of seed-to-seed variation."""
+    final = {
+        name: [float(np.mean(h.loss[-100:])) for h, _ in runs] for name, runs in results.items()
+    }
+    return {
+        name: [a / b for a, b in zip(losses, final[reference], strict=True)]
+        for name, losses in final.items()
+    }
+
+
+def _late_activation_flush(records: list[dict[str, Any]]) -> float:
+    if not records:
+        return math.nan
+    last = max(r["step"] for r in records)
+    late = [r for r in records if r["step"] == last and r["kind"] == "activation"]
+    return float(np.mean([r["flushed_of_nonzero"] for r in late]))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The summary as the Markdown table the README shows."""
+    lines = [
+        "| regime | test accuracy | final training loss | updates lost | skipped steps "
+        "| activation grads flushed | memory per step |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        flushed = "n/a" if math.isnan(r["activation_flushed"]) else f"{r['activation_flushed']:.1%}"
+        memory = "n/a" if math.isnan(r["memory"]) else f"{r['memory'] / 1024:.0f} KiB"
+        lines.append(
+            f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
+            f"| {r['loss_mean']:.3g} ± {r['loss_std']:.2g} | {r['lost_updates']:.1%} "
+            f"| {r['skipped']:.1f} | {flushed} | {memory} |"
+        )
+    return "\n".join(lines)
