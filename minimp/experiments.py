@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from minimp.data import Dataset
-from minimp.memory import memory_report
+from minimp.memory import measure_peak, memory_report
 from minimp.stats import GradientRecorder
 from minimp.tensor import float32
 from minimp.train import ALL_REGIMES, History, Run, TrainConfig, get_regime
@@ -33,18 +33,20 @@ def compare_regimes(
     """Run each regime once per seed. Returns, per regime, one (history, gradient
     records) pair per seed; the records say what a cast to the regime's 16-bit format
     does to the float32 gradients, four times per run (see ``minimp.stats``). Each
-    history's ``memory`` is the regime's ``memory_report`` (the same for every seed:
-    shapes and dtypes do not depend on it), measured once, before training."""
+    history's ``memory`` is the regime's ``memory_report`` (stored bytes) and its
+    ``peak_memory`` the ``measure_peak`` of a step (the same for every seed: shapes and
+    dtypes do not depend on it), measured once, before training."""
     results: dict[str, list[tuple[History, list[dict[str, Any]]]]] = {}
     for name in regimes:
         regime = get_regime(name)
-        memory = memory_report(Run(regime, dataset, config))
+        run = Run(regime, dataset, config)
+        memory, peak = memory_report(run), measure_peak(run)
         for seed in seeds:
             run_config = replace(config, seed=seed, record_every=max(config.steps // 4, 1))
             recorder = GradientRecorder(regime.compute_dtype.name)
             hooks = [recorder] if regime.compute_dtype != float32 else []
             history = Run(regime, dataset, run_config).train(hooks=hooks, progress=progress)
-            history.memory = dict(memory)
+            history.memory, history.peak_memory = dict(memory), peak
             results.setdefault(name, []).append((history, recorder.records))
     return results
 
@@ -54,7 +56,8 @@ def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) ->
     test accuracy and of the training loss (mean of the last 100 steps); the share of
     updates lost late in training; skipped steps; and the share of nonzero activation
     gradients the run's format flushes to zero at the last recorded step; the bytes one
-    training step holds (``memory_report``, when the history has it)."""
+    training step stores (``memory_report``) and its measured peak (``measure_peak``),
+    when the history has them."""
     rows = []
     for name, runs in results.items():
         final_loss = [float(np.mean(h.loss[-100:])) for h, _ in runs]
@@ -72,6 +75,7 @@ def summarize(results: dict[str, list[tuple[History, list[dict[str, Any]]]]]) ->
                 "skipped": float(np.mean([sum(h.skipped) for h, _ in runs])),
                 "activation_flushed": float(np.mean(flushed)) if runs[0][1] else math.nan,
                 "memory": sum(runs[0][0].memory.values()) if runs[0][0].memory else math.nan,
+                "peak_memory": runs[0][0].peak_memory or math.nan,
             }
         )
     return rows
@@ -101,15 +105,18 @@ def markdown_table(rows: list[dict]) -> str:
     """The summary as the Markdown table the README shows."""
     lines = [
         "| regime | test accuracy | final training loss | updates lost | skipped steps "
-        "| activation grads flushed | memory per step |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| activation grads flushed | stored per step | peak per step (CPU) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         flushed = "n/a" if math.isnan(r["activation_flushed"]) else f"{r['activation_flushed']:.1%}"
-        memory = "n/a" if math.isnan(r["memory"]) else f"{r['memory'] / 1024:.0f} KiB"
+        memory, peak = (
+            "n/a" if math.isnan(r[key]) else f"{r[key] / 1024:.0f} KiB"
+            for key in ("memory", "peak_memory")
+        )
         lines.append(
             f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
             f"| {r['loss_mean']:.3g} ± {r['loss_std']:.2g} | {r['lost_updates']:.1%} "
-            f"| {r['skipped']:.1f} | {flushed} | {memory} |"
+            f"| {r['skipped']:.1f} | {flushed} | {memory} | {peak} |"
         )
     return "\n".join(lines)

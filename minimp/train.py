@@ -98,7 +98,8 @@ class History:
     eval_step: list[int] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     test_accuracy: list[float] = field(default_factory=list)
-    memory: dict[str, int] = field(default_factory=dict)  # bytes by category, if measured
+    memory: dict[str, int] = field(default_factory=dict)  # stored bytes by category, if measured
+    peak_memory: int = 0  # bytes allocated at once during a step, if measured (minimp.memory)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -100,3 +100,20 @@ def test_float32_gradients_of_an_fp8_model_says_where_to_look():
         stats.float32_gradients(
             run.model, run.model.parameters(), DIGITS.x_train[:4], DIGITS.y_train[:4]
         )
+
+
+def test_the_measured_peak_holds_at_least_what_the_step_stores():
+    """The allocator's peak during a step covers the activations and gradients the
+    stored model counts (less the input batch, allocated before the step); on the CPU
+    a 16-bit step computes in float32 temporaries, so its peak is no half of fp32's."""
+    peaks, stored, activations = {}, {}, {}
+    for name in ("fp32", "mixed-dynamic"):
+        run = Run(name, DIGITS, TrainConfig(batch_size=256))
+        report = memory.memory_report(run)
+        batch = run.to_device(*run._batch(0))[0].data.nbytes
+        peaks[name] = memory.measure_peak(run)
+        stored[name] = report["activations"] + report["gradients"]
+        activations[name] = report["activations"]
+        assert peaks[name] >= stored[name] - batch, name
+    assert activations["mixed-dynamic"] < 0.6 * activations["fp32"]
+    assert peaks["mixed-dynamic"] > 0.6 * peaks["fp32"]
