@@ -112,13 +112,17 @@ def narrow(array: Any, dtype: Any) -> Any:
     2^-14 float16's spacing is the constant 2^-24, so rint(x * 2^24) * 2^-24 is the
     nearest-even float16 value, exactly, and the cast that follows has nothing left
     to round. (A handful are cheaper left to the cast: the copy costs more.)
+    A full reduction hands over a NumPy scalar, which cannot be assigned into: it is
+    taken as the 0-d array it stands for.
     """
     if dtype == np.float16 and array_module(array) is np and array.dtype == np.float32:
+        array = np.asarray(array)
         contiguous = array.flags.c_contiguous
         if not contiguous:  # a copy, so that its bits can be viewed
             array = array.copy()
         # nonzero and below 2^-14, read off the bits: |x| - 1 wraps around for zeros
-        tiny = (array.view(np.uint32) & 0x7FFF_FFFF) - np.uint32(1) < np.uint32(0x387F_FFFF)
+        with np.errstate(over="ignore"):  # the wrap is the point (NumPy warns on 0-d)
+            tiny = (array.view(np.uint32) & 0x7FFF_FFFF) - np.uint32(1) < np.uint32(0x387F_FFFF)
         if np.count_nonzero(tiny) > array.size // 64:  # a few are cheaper left to the cast
             if contiguous:  # never round the caller's array in place
                 array = array.copy()

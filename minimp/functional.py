@@ -14,6 +14,7 @@ At the end of the file, the ops become Tensor's operators and methods.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,9 +47,29 @@ __all__ = [
     "transpose",
 ]
 
-# Set by minimp.amp.autocast while a region is active: (op name, operands) -> operands
-# cast by the autocast policy. None means "no autocast: dtypes must already agree".
-autocast_hook: Callable[[str, tuple[Tensor, ...]], tuple[Tensor, ...]] | None = None
+AutocastHook = Callable[[str, tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+
+class _AutocastState(threading.local):
+    """Set by minimp.amp.autocast while a region is active: (op name, operands) ->
+    operands cast by the autocast policy. None means "no autocast: dtypes must
+    already agree". Per thread, as PyTorch's autocast state is: a region opened in
+    one thread never changes the ops of another."""
+
+    hook: AutocastHook | None = None
+
+
+_autocast = _AutocastState()
+
+
+def get_autocast_hook() -> AutocastHook | None:
+    return _autocast.hook
+
+
+def set_autocast_hook(hook: AutocastHook | None) -> AutocastHook | None:
+    """Install ``hook`` in this thread; returns the one it replaces."""
+    previous, _autocast.hook = _autocast.hook, hook
+    return previous
 
 
 def _operands(op: str, *inputs: Any) -> tuple[list[Tensor], np.dtype]:
@@ -59,6 +80,7 @@ def _operands(op: str, *inputs: Any) -> tuple[list[Tensor], np.dtype]:
     them first. Returns the tensors and the dtype of the op's output.
     """
     tensors = [x for x in inputs if isinstance(x, Tensor)]
+    autocast_hook = _autocast.hook
     if autocast_hook is not None:
         cast = iter(autocast_hook(op, tuple(tensors)))
         inputs = tuple(next(cast) if isinstance(x, Tensor) else x for x in inputs)
@@ -159,6 +181,8 @@ def pow(a: Tensor, exponent: float) -> Tensor:
         raise TypeError(f"pow: the exponent must be a Python number, got {type(exponent).__name__}")
 
     def backward(g):
+        if exponent == 0:  # x^0 is constant: 0, not 0 * 0^-1 = NaN at x = 0 (as torch)
+            return (_xp(a).zeros_like(g),)
         return (g * exponent * compute(a.data) ** (exponent - 1),)
 
     return _result(compute(a.data) ** exponent, dtype, (a,), backward)
@@ -244,9 +268,11 @@ def reshape(a: Tensor, *shape: Any) -> Tensor:
 
 
 def transpose(a: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
-    """Swap two axes (the last two by default, so ``.T`` of a matrix)."""
+    """Swap two axes (the last two by default, so ``.T`` of a matrix). As in PyTorch,
+    a 0-d or 1-d tensor takes dims 0 and -1 and comes back as it is."""
+    dim0, dim1 = _dim(a, dim0, "transpose"), _dim(a, dim1, "transpose")
     if a.ndim < 2:
-        raise ValueError(f"transpose needs at least 2 dimensions, got shape {a.shape}")
+        return Tensor.from_op(a.data, (a,), lambda g: (g,))
     axes = list(range(a.ndim))
     axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
     return Tensor.from_op(a.data.transpose(axes), (a,), lambda g: (g.transpose(axes),))
@@ -282,6 +308,13 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
             f"matmul: {a.shape} @ {b.shape}: inner dimensions {a.shape[-1]} and "
             f"{b.shape[-2]} differ"
         )
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"matmul: {a.shape} @ {b.shape}: batch dimensions {a.shape[:-2]} and "
+            f"{b.shape[:-2]} do not broadcast (each pair must be equal, or one of them 1)"
+        ) from None
 
     def backward(g):
         return (
@@ -323,14 +356,37 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 # ---- reductions: accumulated in float32 --------------------------------------------
 
 
-def _axes(a: Tensor, dim: Any) -> tuple[int, ...]:
-    if dim is None:
+def _dim(a: Tensor, d: Any, op: str) -> int:
+    """One dim, checked and made >= 0. As in PyTorch, a 0-d tensor takes 0 and -1."""
+    if isinstance(d, bool) or not isinstance(d, int | np.integer):
+        raise TypeError(f"{op}: dim must be an int, got {d!r} ({type(d).__name__})")
+    n = max(a.ndim, 1)
+    if not -n <= d < n:
+        raise ValueError(
+            f"{op}: dim {d} is out of range for a tensor of shape {a.shape} "
+            f"(allowed: {-n}..{n - 1})"
+        )
+    return int(d) % n
+
+
+def _axes(a: Tensor, dim: Any, op: str) -> tuple[int, ...]:
+    """The axes a reduction runs over: every axis for None or () (PyTorch's rule)."""
+    dims = () if dim is None else tuple(dim) if isinstance(dim, tuple | list) else (dim,)
+    axes = tuple(_dim(a, d, op) for d in dims)
+    for i, d in enumerate(axes):
+        if d in axes[:i]:
+            raise ValueError(f"{op}: dim {d} appears more than once in dim={dim!r}")
+    if not axes or a.ndim == 0:  # a 0-d tensor's dim 0 is the tensor itself
         return tuple(range(a.ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    for d in dims:
-        if not -a.ndim <= d < max(a.ndim, 1):
-            raise ValueError(f"dim {d} is out of range for a tensor of shape {a.shape}")
-    return tuple(d % max(a.ndim, 1) for d in dims)
+    return axes
+
+
+def _softmax_axis(a: Tensor, dim: Any, op: str) -> int | None:
+    """The one axis a softmax normalizes over (None for a 0-d tensor)."""
+    if isinstance(dim, tuple | list):
+        raise TypeError(f"{op}: dim must be one int, got {dim!r}: a softmax runs over one axis")
+    axis = _dim(a, dim, op)
+    return None if a.ndim == 0 else axis
 
 
 def _expand(g: Any, a: Tensor, axes: tuple[int, ...], keepdim: bool) -> Any:
@@ -343,7 +399,7 @@ def _expand(g: Any, a: Tensor, axes: tuple[int, ...], keepdim: bool) -> Any:
 @ieee()
 def sum(a: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     (a,), dtype = _operands("sum", a)
-    axes = _axes(a, dim)
+    axes = _axes(a, dim, "sum")
     out = compute(a.data).sum(axis=axes, keepdims=keepdim, dtype=np.float32)
     return _result(out, dtype, (a,), lambda g: (_expand(g, a, axes, keepdim),))
 
@@ -351,7 +407,7 @@ def sum(a: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
 @ieee()
 def mean(a: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     (a,), dtype = _operands("mean", a)
-    axes = _axes(a, dim)
+    axes = _axes(a, dim, "mean")
     count = int(np.prod([a.shape[i] for i in axes]))
     out = compute(a.data).sum(axis=axes, keepdims=keepdim, dtype=np.float32) / count
     return _result(out, dtype, (a,), lambda g: (_expand(g / count, a, axes, keepdim),))
@@ -360,6 +416,8 @@ def mean(a: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
 def _log_softmax32(x: Any, axis: int) -> Any:
     """log softmax in float32, shifted by the max so exp cannot overflow."""
     xp = backend.array_module(x)
+    if x.size == 0:  # nothing to normalize (an empty axis): an empty result, as torch's
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
@@ -367,7 +425,7 @@ def _log_softmax32(x: Any, axis: int) -> Any:
 @ieee()
 def softmax(a: Tensor, dim: int = -1) -> Tensor:
     (a,), dtype = _operands("softmax", a)
-    (axis,) = _axes(a, dim)
+    axis = _softmax_axis(a, dim, "softmax")
     out = round_to_dtype(_xp(a).exp(_log_softmax32(compute(a.data), axis)), dtype)
 
     def backward(g):
@@ -380,7 +438,7 @@ def softmax(a: Tensor, dim: int = -1) -> Tensor:
 @ieee()
 def log_softmax(a: Tensor, dim: int = -1) -> Tensor:
     (a,), dtype = _operands("log_softmax", a)
-    (axis,) = _axes(a, dim)
+    axis = _softmax_axis(a, dim, "log_softmax")
     out = round_to_dtype(_log_softmax32(compute(a.data), axis), dtype)
 
     def backward(g):

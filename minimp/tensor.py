@@ -16,6 +16,8 @@ broadcast axes, casting each gradient to the dtype of the tensor it belongs to
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,23 +76,43 @@ def ieee() -> np.errstate:
     return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
 
-class _GradMode:
+class _GradMode(threading.local):
+    """Whether ops record the graph: per thread, as PyTorch's grad mode is, so an
+    evaluation under no_grad() in one thread never stops another thread's training."""
+
     enabled = True
 
 
+_grad_mode = _GradMode()
+
+
 def is_grad_enabled() -> bool:
-    return _GradMode.enabled
+    return _grad_mode.enabled
 
 
 class no_grad:
-    """Context manager: ops inside it record no graph (evaluation, optimizer updates)."""
+    """Ops inside record no graph (evaluation, optimizer updates). A context manager,
+    or, as in PyTorch, a decorator: ``@no_grad()`` or ``@no_grad``."""
+
+    def __new__(cls, func: Callable | None = None):
+        if func is None:
+            return super().__new__(cls)
+        return cls()(func)  # used bare, as @no_grad
+
+    def __call__(self, func: Callable) -> Callable:
+        @functools.wraps(func)
+        def without_grad(*args: Any, **kwargs: Any) -> Any:
+            with no_grad():  # a fresh one per call: safe across threads and recursion
+                return func(*args, **kwargs)
+
+        return without_grad
 
     def __enter__(self) -> None:
-        self._previous = _GradMode.enabled
-        _GradMode.enabled = False
+        self._previous = _grad_mode.enabled
+        _grad_mode.enabled = False
 
     def __exit__(self, *exc: object) -> None:
-        _GradMode.enabled = self._previous
+        _grad_mode.enabled = self._previous
 
 
 def _freed_graph(grad: Any) -> Sequence[Any]:
@@ -127,7 +149,7 @@ class Tensor:
     def from_op(data: Any, parents: tuple[Tensor, ...], backward: Backward) -> Tensor:
         """The output of an op: records the graph only if some input needs a gradient."""
         out = Tensor(data)
-        if _GradMode.enabled and any(p.requires_grad for p in parents):
+        if _grad_mode.enabled and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward
@@ -213,7 +235,9 @@ class Tensor:
         Each gradient is held in the dtype of the tensor it belongs to: a
         contribution is summed over broadcast axes in float32, rounded once to that
         dtype, and added to what the tensor already received in that dtype, as
-        PyTorch's autograd engine does.
+        PyTorch's autograd engine does. Nothing is accumulated until the whole walk
+        has succeeded: a graph freed by an earlier backward() is found before any
+        leaf receives a gradient.
         """
         if not self.requires_grad:
             raise RuntimeError(
@@ -237,14 +261,18 @@ class Tensor:
                 )
             seed = round_to_dtype(seed, self.dtype)
 
+        order = self._topological_order()
+        if any(node._backward is _freed_graph for node in order):
+            _freed_graph(None)
         grads: dict[int, Any] = {id(self): seed}
+        arrived: list[tuple[Tensor, Any]] = []  # (leaf or retained tensor, its gradient)
         with ieee():
-            for node in reversed(self._topological_order()):
+            for node in reversed(order):
                 grad = grads.pop(id(node), None)
                 if grad is None:
                     continue
                 if node._backward is None or node._retains_grad:
-                    node._accumulate(grad)
+                    arrived.append((node, grad))
                 if node._backward is None:
                     continue
                 # A backward rule computes in float32, except one that only selects
@@ -259,6 +287,8 @@ class Tensor:
                     grads[id(parent)] = g if previous is None else _add(previous, g)
                 if not retain_graph:  # free the saved arrays, as PyTorch does
                     node._parents, node._backward = (), _freed_graph
+            for node, grad in arrived:
+                node._accumulate(grad)
 
     def _accumulate(self, grad: Any) -> None:
         if self.grad is None:

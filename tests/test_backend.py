@@ -48,3 +48,13 @@ def test_lowp_matmul_accumulates_in_float32_and_rounds_once(dtype):
     # exact result, except where the exact result lies within that error of a tie.
     agree = ours.astype(np.float64) == exact.astype(np.float32).astype(dtype).astype(np.float64)
     assert agree.mean() > 0.97
+
+
+@pytest.mark.parametrize("value", [1e-5, -3e-7, 2.0**-24, 2.0**-25, 0.0, 1.0])
+def test_narrow_takes_the_numpy_scalar_a_full_reduction_returns(value):
+    """A full float32 reduction returns a NumPy scalar, not an array: rounding a
+    subnormal one must not assign into it (issue 16, item 1)."""
+    scalar = np.float32(value)
+    ours = backend.narrow(scalar, np.float16)
+    assert ours.dtype == np.float16
+    assert _bits(np.asarray(ours)) == _bits(np.asarray(scalar.astype(np.float16)))

@@ -158,3 +158,119 @@ def test_relu_on_special_values_is_pytorchs(dtype):
     yt.backward(torch.tensor(g).to(WITH_BF16[dtype]))
     assert np.array_equal(y.numpy().astype(np.float32), yt.detach().float().numpy(), equal_nan=True)
     assert np.array_equal(a.grad.numpy().astype(np.float32), t.grad.float().numpy(), equal_nan=True)
+
+
+# ---- bad arguments: each compared with torch; where torch accepts it, so do we ------
+
+
+def test_a_subnormal_float16_sum_mean_and_loss_are_computed_not_a_crash():
+    """A full reduction whose float16 result is subnormal (issue 16, item 1)."""
+    x = minimp.tensor([1e-5], dtype=minimp.float16)
+    t = torch.tensor([1e-5], dtype=torch.float16)
+    for ours, theirs in [(x.sum(), t.sum()), (x.mean(), t.mean())]:
+        assert ours.dtype == minimp.float16
+        assert ours.numpy().view(np.uint16) == theirs.numpy().view(np.uint16)
+    target = minimp.tensor([1e-5, 0.0], dtype=minimp.float16)
+    loss = F.mse_loss(minimp.tensor([0.0, 0.0], dtype=minimp.float16), target)
+    assert (
+        loss.item()
+        == torch.nn.functional.mse_loss(
+            torch.zeros(2, dtype=torch.float16), torch.tensor([1e-5, 0.0], dtype=torch.float16)
+        ).item()
+    )
+
+
+def _refusals(ours, theirs):
+    """Run both; return (our exception, torch's exception), either None when accepted."""
+    out = []
+    for f in (ours, theirs):
+        try:
+            f()
+            out.append(None)
+        except Exception as err:  # we compare what each raises
+            out.append(err)
+    return out
+
+
+X23 = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda m, x: m.sum(x, dim=0.5), ["dim", "0.5", "int"]),
+        (lambda m, x: m.sum(x, dim=True), ["dim", "True", "int"]),
+        (lambda m, x: m.sum(x, dim=(0, 0)), ["dim 0", "more than once"]),
+        (lambda m, x: m.sum(x, dim=(0, -2)), ["dim", "more than once"]),
+        (lambda m, x: m.mean(x, dim=(1, "a")), ["dim", "'a'", "int"]),
+        (lambda m, x: m.sum(x, dim=2), ["dim 2", "range", "-2..1"]),
+        (lambda m, x: m.transpose(x, 0, 5), ["dim 5", "range", "-2..1"]),
+        (lambda m, x: m.transpose(x, 0.0, 1), ["dim", "0.0", "int"]),
+        (lambda m, x: m.softmax(x, dim=(0, 1)), ["softmax", "dim", "(0, 1)", "int"]),
+        (lambda m, x: m.log_softmax(x, dim=(0, 1)), ["log_softmax", "dim", "int"]),
+    ],
+)
+def test_bad_dims_are_refused_as_torch_refuses_them_with_a_message(call, words):
+    ours, theirs = _refusals(
+        lambda: call(F, minimp.tensor(X23)), lambda: call(torch, torch.tensor(X23))
+    )
+    assert theirs is not None, "torch accepts it: so must we"
+    assert isinstance(ours, TypeError | ValueError), repr(ours)
+    for word in words:
+        assert word in str(ours), (word, str(ours))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x0, e: m.sum(x0, 0),
+        lambda m, x0, e: m.sum(x0, -1),
+        lambda m, x0, e: m.mean(x0, 0),
+        lambda m, x0, e: m.sum(x0, dim=()),
+        lambda m, x0, e: m.softmax(x0, 0),
+        lambda m, x0, e: m.log_softmax(x0, -1),
+        lambda m, x0, e: m.transpose(x0, 0, -1),
+        lambda m, x0, e: m.softmax(e, 1),
+        lambda m, x0, e: m.softmax(e, 0),
+        lambda m, x0, e: m.log_softmax(e, 1),
+        lambda m, x0, e: m.sum(e, 1),
+        lambda m, x0, e: m.transpose(m.sum(e, 1), 0, 0),
+    ],
+)
+def test_what_torch_accepts_we_compute_as_torch_does(call):
+    """0-d tensors take dim 0 and -1; an empty axis gives an empty softmax; sum over
+    dim=() is a full sum (torch's rule)."""
+    x0, e = np.float32(3.0), np.zeros((2, 0), np.float32)
+    ours = call(F, minimp.tensor(x0, requires_grad=True), minimp.tensor(e, requires_grad=True))
+    theirs = call(torch, torch.tensor(x0), torch.tensor(e))
+    assert ours.shape == tuple(theirs.shape)
+    assert np.array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_batched_matmul_batch_dims_must_broadcast():
+    a, b = np.ones((2, 2, 3), np.float32), np.ones((3, 3, 4), np.float32)
+    ours, theirs = _refusals(
+        lambda: F.matmul(minimp.tensor(a), minimp.tensor(b)),
+        lambda: torch.tensor(a) @ torch.tensor(b),
+    )
+    assert theirs is not None
+    assert isinstance(ours, ValueError), repr(ours)
+    assert "(2, 2, 3) @ (3, 3, 4)" in str(ours) and "batch" in str(ours)
+    # batch dims that do broadcast work, as torch's
+    c = np.ones((1, 3, 4), np.float32)
+    out = F.matmul(minimp.tensor(a), minimp.tensor(c))
+    assert out.shape == tuple((torch.tensor(a) @ torch.tensor(c)).shape)
+
+
+@pytest.mark.parametrize("exponent", [0, 0.0, 1, 2, 0.5, -1])
+@pytest.mark.parametrize("dtype", [minimp.float32, minimp.float16])
+def test_pow_gradient_at_zero_is_torchs(exponent, dtype):
+    """d(x^0)/dx is 0 everywhere, x = 0 included (issue 16, item 10)."""
+    # -0.0 only for integer exponents: torch computes x ** -0.5 as rsqrt(x), -inf at -0.0
+    values = np.array([0.0, 2.0, -3.0] + [-0.0] * (exponent == int(exponent)), np.float32)
+    x = minimp.tensor(values, dtype=dtype, requires_grad=True)
+    (x**exponent).sum().backward()
+    t = torch.tensor(values, dtype=TORCH_DTYPES[dtype], requires_grad=True)
+    (t**exponent).sum().backward()
+    ours, theirs = x.grad.numpy().astype(np.float32), t.grad.float().numpy()
+    assert np.array_equal(ours, theirs, equal_nan=True), (ours, theirs)

@@ -9,6 +9,7 @@ import torch
 import minimp
 import minimp.functional as F
 from minimp import backend
+from minimp.tensor import is_grad_enabled
 
 # ---- float16 arithmetic is exactly IEEE float16 ----------------------------------------
 
@@ -220,3 +221,95 @@ def test_repr_and_item():
     assert t.item() == 1.5
     with pytest.raises(ValueError, match="one element"):
         minimp.tensor([1.0, 2.0]).item()
+
+
+def test_a_backward_that_fails_on_a_freed_graph_has_accumulated_nothing():
+    """The walk is checked before any leaf receives a gradient (issue 16, item 8)."""
+    x = minimp.tensor([1.0, 2.0], requires_grad=True)
+    w = minimp.tensor([5.0, 7.0], requires_grad=True)
+    h = x * 2.0
+    h.sum().backward()  # frees h's graph
+    before = x.grad.numpy().copy()
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        (w * h).sum().backward()  # would reach w first, then the freed h
+    assert w.grad is None
+    assert np.array_equal(x.grad.numpy(), before)
+
+
+def test_grad_mode_is_per_thread_as_in_pytorch():
+    """no_grad() in one thread must not stop another thread's graph (issue 16, item 14)."""
+    import threading
+
+    inside, go_on = threading.Event(), threading.Event()
+    seen = {}
+
+    def evaluator():
+        with minimp.no_grad():
+            inside.set()
+            go_on.wait(5)
+
+    thread = threading.Thread(target=evaluator)
+    thread.start()
+    inside.wait(5)
+    x = minimp.tensor([1.0], requires_grad=True)
+    seen["requires_grad"] = (x * 2.0).requires_grad
+    seen["enabled"] = is_grad_enabled()
+    go_on.set()
+    thread.join()
+    assert seen == {"requires_grad": True, "enabled": True}
+    t_seen = {}
+
+    def torch_evaluator():  # torch does the same
+        with torch.no_grad():
+            inside.set()
+            go_on.wait(5)
+
+    inside.clear(), go_on.clear()
+    thread = threading.Thread(target=torch_evaluator)
+    thread.start()
+    inside.wait(5)
+    t_seen["enabled"] = torch.is_grad_enabled()
+    go_on.set()
+    thread.join()
+    assert t_seen["enabled"] is True
+
+
+def test_autocast_is_per_thread():
+    import threading
+
+    inside, go_on = threading.Event(), threading.Event()
+
+    def other():
+        with minimp.amp.autocast(dtype=minimp.float16):
+            inside.set()
+            go_on.wait(5)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(5)
+    a = minimp.tensor(np.ones((2, 2), np.float32))
+    dtype = (a @ a).dtype
+    go_on.set()
+    thread.join()
+    assert dtype == minimp.float32
+
+
+def test_no_grad_works_as_a_decorator_with_and_without_parentheses():
+    x = minimp.tensor([1.0], requires_grad=True)
+
+    @minimp.no_grad()
+    def f(t):
+        return t * 2.0
+
+    @minimp.no_grad
+    def g(t):
+        return t * 3.0
+
+    assert not f(x).requires_grad and not g(x).requires_grad
+    assert f.__name__ == "f" and g.__name__ == "g"
+    assert (x * 2.0).requires_grad  # restored after each call
+    with minimp.no_grad():  # and the same mode nests
+        with minimp.no_grad():
+            pass
+        assert not (x * 2.0).requires_grad
+    assert (x * 2.0).requires_grad

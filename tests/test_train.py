@@ -181,3 +181,12 @@ def test_evaluating_an_fp8_run_uses_its_scales_without_changing_them():
     assert repr([layer.scaling_state() for layer in run.fp8_layers()]) == before
     run.train(1)
     assert repr([layer.scaling_state() for layer in run.fp8_layers()]) != before
+
+
+def test_the_fp16_regime_runs_through_a_subnormal_loss():
+    """Step 824 of this run has a loss whose float16 value is subnormal: a full
+    reduction to a NumPy scalar that backend.narrow once assigned into (issue 16, item 1)."""
+    config = TrainConfig(steps=900, lr=0.1, batch_size=16, eval_every=900)
+    history = Run("fp16", data.load_digits(), config).train()
+    assert len(history.loss) == 900
+    assert any(0 < loss < 2.0**-14 for loss in history.loss)  # the case really occurred

@@ -67,12 +67,11 @@ class autocast:
         self._cache: dict[int, tuple[Tensor, Tensor]] = {}
 
     def __enter__(self) -> autocast:
-        self._previous = functional.autocast_hook
-        functional.autocast_hook = self._cast_inputs if self.enabled else None
+        self._previous = functional.set_autocast_hook(self._cast_inputs if self.enabled else None)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        functional.autocast_hook = self._previous
+        functional.set_autocast_hook(self._previous)
         self._cache.clear()
 
     def _cast_inputs(self, op: str, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
