@@ -89,7 +89,7 @@ def fp8_linear(
         return grads if bias is not None else grads[:2]
 
     parents = (x, weight) if bias is None else (x, weight, bias)
-    return Tensor.from_op(out, parents, backward)
+    return Tensor.from_op(out, parents, backward, (x8, w8))
 
 
 _ROLES = ("input", "weight", "grad")

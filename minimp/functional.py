@@ -117,8 +117,10 @@ def _broadcast_shape(op: str, a: Tensor, b: Tensor) -> None:
         ) from None
 
 
-def _result(data32: Any, dtype: np.dtype, parents: tuple[Tensor, ...], backward) -> Tensor:
-    return Tensor.from_op(round_to_dtype(data32, dtype), parents, backward)
+def _result(
+    data32: Any, dtype: np.dtype, parents: tuple[Tensor, ...], backward, saved: tuple = ()
+) -> Tensor:
+    return Tensor.from_op(round_to_dtype(data32, dtype), parents, backward, saved)
 
 
 # ---- elementwise arithmetic -----------------------------------------------------
@@ -135,7 +137,7 @@ def add(a: Any, b: Any) -> Tensor:
 def sub(a: Any, b: Any) -> Tensor:
     (a, b), dtype = _operands("sub", a, b)
     _broadcast_shape("sub", a, b)
-    return _result(compute(a.data) - compute(b.data), dtype, (a, b), lambda g: (g, -g))
+    return _result(compute(a.data) - compute(b.data), dtype, (a, b), lambda g: (g, -compute(g)))
 
 
 @ieee()
@@ -144,12 +146,14 @@ def mul(a: Any, b: Any) -> Tensor:
     _broadcast_shape("mul", a, b)
 
     def backward(g):
+        g = compute(g)
         return (
             g * compute(b.data) if a.requires_grad else None,
             g * compute(a.data) if b.requires_grad else None,
         )
 
-    return _result(compute(a.data) * compute(b.data), dtype, (a, b), backward)
+    saved = (b.data if a.requires_grad else None, a.data if b.requires_grad else None)
+    return _result(compute(a.data) * compute(b.data), dtype, (a, b), backward, saved)
 
 
 @ieee()
@@ -158,19 +162,20 @@ def div(a: Any, b: Any) -> Tensor:
     _broadcast_shape("div", a, b)
 
     def backward(g):
-        y = compute(b.data)
+        g, y = compute(g), compute(b.data)
         return (
             g / y if a.requires_grad else None,
             -g * compute(a.data) / (y * y) if b.requires_grad else None,
         )
 
-    return _result(compute(a.data) / compute(b.data), dtype, (a, b), backward)
+    saved = (b.data, a.data if b.requires_grad else None)
+    return _result(compute(a.data) / compute(b.data), dtype, (a, b), backward, saved)
 
 
 @ieee()
 def neg(a: Tensor) -> Tensor:
     (a,), dtype = _operands("neg", a)
-    return _result(-compute(a.data), dtype, (a,), lambda g: (-g,))
+    return _result(-compute(a.data), dtype, (a,), lambda g: (-compute(g),))
 
 
 @ieee()
@@ -183,9 +188,9 @@ def pow(a: Tensor, exponent: float) -> Tensor:
     def backward(g):
         if exponent == 0:  # x^0 is constant: 0, not 0 * 0^-1 = NaN at x = 0 (as torch)
             return (_xp(a).zeros_like(g),)
-        return (g * exponent * compute(a.data) ** (exponent - 1),)
+        return (compute(g) * exponent * compute(a.data) ** (exponent - 1),)
 
-    return _result(compute(a.data) ** exponent, dtype, (a,), backward)
+    return _result(compute(a.data) ** exponent, dtype, (a,), backward, (a.data,))
 
 
 # ---- pointwise functions ----------------------------------------------------------
@@ -196,20 +201,23 @@ def pow(a: Tensor, exponent: float) -> Tensor:
 def exp(a: Tensor) -> Tensor:
     (a,), dtype = _operands("exp", a)
     out = round_to_dtype(_xp(a).exp(compute(a.data)), dtype)
-    return Tensor.from_op(out, (a,), lambda g: (g * compute(out),))
+    return Tensor.from_op(out, (a,), lambda g: (compute(g) * compute(out),), (out,))
 
 
 @ieee()
 def log(a: Tensor) -> Tensor:
     (a,), dtype = _operands("log", a)
-    return _result(_xp(a).log(compute(a.data)), dtype, (a,), lambda g: (g / compute(a.data),))
+    return _result(
+        _xp(a).log(compute(a.data)), dtype, (a,), lambda g: (compute(g) / compute(a.data),),
+        (a.data,),
+    )  # fmt: skip
 
 
 @ieee()
 def tanh(a: Tensor) -> Tensor:
     (a,), dtype = _operands("tanh", a)
     out = round_to_dtype(_xp(a).tanh(compute(a.data)), dtype)
-    return Tensor.from_op(out, (a,), lambda g: (g * (1 - compute(out) ** 2),))
+    return Tensor.from_op(out, (a,), lambda g: (compute(g) * (1 - compute(out) ** 2),), (out,))
 
 
 @ieee()
@@ -219,28 +227,28 @@ def sigmoid(a: Tensor) -> Tensor:
 
     def backward(g):
         s = compute(out)
-        return (g * s * (1 - s),)
+        return (compute(g) * s * (1 - s),)
 
-    return Tensor.from_op(out, (a,), backward)
+    return Tensor.from_op(out, (a,), backward, (out,))
 
 
 @ieee()
 def relu(a: Tensor) -> Tensor:
     """max(a, 0). Exact in any dtype: it only chooses between ``a`` and 0. Like
     PyTorch it saves only its output, and the gradient passes wherever that is not
-    0: a NaN propagates forward and passes the gradient on, as in PyTorch."""
+    0: a NaN propagates forward and passes the gradient on, as in PyTorch. Its
+    backward masks the gradient as stored, in any dtype: a selection is exact."""
     (a,), dtype = _operands("relu", a)
     xp = _xp(a)
     if dtype == np.float32 or xp is not np:
         out = xp.maximum(a.data, 0)
-        return Tensor.from_op(out, (a,), lambda g: (xp.where(out != 0, g, 0),))
+        return Tensor.from_op(out, (a,), lambda g: (xp.where(out != 0, g, 0),), (out,))
     out = _relu16(a.data)
 
-    def backward(g16):  # the 16-bit gradient as stored: masking it is exact
+    def backward(g16):  # a 16-bit gradient, masked on its bits like the forward
         return ((g16.view(np.int16) * (out.view(np.int16) != 0)).view(g16.dtype),)
 
-    backward.takes_stored_gradient = True  # no widening and rounding back (Tensor.backward)
-    return Tensor.from_op(out, (a,), backward)
+    return Tensor.from_op(out, (a,), backward, (out,))
 
 
 # NumPy has no float16 arithmetic (it converts element by element, 5-10 ns each),
@@ -264,7 +272,7 @@ def reshape(a: Tensor, *shape: Any) -> Tensor:
         raise ValueError(
             f"reshape: cannot reshape {a.shape} ({a.size} elements) into {shape}"
         ) from None
-    return Tensor.from_op(out, (a,), lambda g: (g.reshape(a.data.shape),))
+    return Tensor.from_op(out, (a,), lambda g: (g.reshape(a.data.shape),), ())
 
 
 def transpose(a: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
@@ -272,10 +280,10 @@ def transpose(a: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
     a 0-d or 1-d tensor takes dims 0 and -1 and comes back as it is."""
     dim0, dim1 = _dim(a, dim0, "transpose"), _dim(a, dim1, "transpose")
     if a.ndim < 2:
-        return Tensor.from_op(a.data, (a,), lambda g: (g,))
+        return Tensor.from_op(a.data, (a,), lambda g: (g,), ())
     axes = list(range(a.ndim))
     axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
-    return Tensor.from_op(a.data.transpose(axes), (a,), lambda g: (g.transpose(axes),))
+    return Tensor.from_op(a.data.transpose(axes), (a,), lambda g: (g.transpose(axes),), ())
 
 
 # ---- matmul --------------------------------------------------------------------
@@ -293,9 +301,8 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b``: 16-bit inputs, float32 accumulation, one rounding (a tensor core's rule).
 
     Operands are 2-D or batched (N-D, batch axes broadcast). The backward pass is two
-    more matmuls with the same rule: dA = dC @ B^T, dB = A^T @ dC. The incoming
-    gradient is a float32 array holding values of the op's dtype, so it needs no
-    rounding before it is multiplied.
+    more matmuls with the same rule: dA = dC @ B^T, dB = A^T @ dC, on the incoming
+    gradient as stored (16-bit, so a tensor core takes it as it is).
     """
     (a, b), dtype = _operands("matmul", a, b)
     if a.ndim < 2 or b.ndim < 2:
@@ -322,7 +329,8 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
             _mm(dtype, a.data.swapaxes(-1, -2), g) if b.requires_grad else None,
         )
 
-    return Tensor.from_op(_mm(dtype, a.data, b.data), (a, b), backward)
+    saved = (b.data if a.requires_grad else None, a.data if b.requires_grad else None)
+    return Tensor.from_op(_mm(dtype, a.data, b.data), (a, b), backward, saved)
 
 
 @ieee()
@@ -345,12 +353,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         grads = (
             _mm(dtype, g, weight.data) if x.requires_grad else None,
             _mm(dtype, g2.T, x2) if weight.requires_grad else None,
-            g2.sum(axis=0, dtype=np.float32) if bias is not None and bias.requires_grad else None,
+            compute(g2).sum(axis=0, dtype=np.float32)
+            if bias is not None and bias.requires_grad
+            else None,
         )
         return grads[: len(inputs)]
 
     out = _mm(dtype, x.data, weight.data.T, None if bias is None else bias.data)
-    return Tensor.from_op(out, tuple(inputs), backward)
+    saved = (weight.data if x.requires_grad else None, x.data if weight.requires_grad else None)
+    return Tensor.from_op(out, tuple(inputs), backward, saved)
 
 
 # ---- reductions: accumulated in float32 --------------------------------------------
@@ -410,7 +421,7 @@ def mean(a: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     axes = _axes(a, dim, "mean")
     count = int(np.prod([a.shape[i] for i in axes]))
     out = compute(a.data).sum(axis=axes, keepdims=keepdim, dtype=np.float32) / count
-    return _result(out, dtype, (a,), lambda g: (_expand(g / count, a, axes, keepdim),))
+    return _result(out, dtype, (a,), lambda g: (_expand(compute(g) / count, a, axes, keepdim),))
 
 
 def _log_softmax32(x: Any, axis: int) -> Any:
@@ -429,10 +440,10 @@ def softmax(a: Tensor, dim: int = -1) -> Tensor:
     out = round_to_dtype(_xp(a).exp(_log_softmax32(compute(a.data), axis)), dtype)
 
     def backward(g):
-        s = compute(out)
+        g, s = compute(g), compute(out)
         return (s * (g - (g * s).sum(axis=axis, keepdims=True)),)
 
-    return Tensor.from_op(out, (a,), backward)
+    return Tensor.from_op(out, (a,), backward, (out,))
 
 
 @ieee()
@@ -442,9 +453,10 @@ def log_softmax(a: Tensor, dim: int = -1) -> Tensor:
     out = round_to_dtype(_log_softmax32(compute(a.data), axis), dtype)
 
     def backward(g):
+        g = compute(g)
         return (g - _xp(a).exp(compute(out)) * g.sum(axis=axis, keepdims=True),)
 
-    return Tensor.from_op(out, (a,), backward)
+    return Tensor.from_op(out, (a,), backward, (out,))
 
 
 # ---- losses: computed in float32 -----------------------------------------------------
@@ -469,9 +481,9 @@ def cross_entropy(logits: Tensor, target: Any) -> Tensor:
     def backward(g):
         grad = xp.exp(logp)
         grad[rows, target] -= 1
-        return (grad * (g / n),)
+        return (grad * (compute(g) / n),)
 
-    return _result(loss, dtype, (logits,), backward)
+    return _result(loss, dtype, (logits,), backward, (logp, target))
 
 
 def _class_indices(target: Any, logits: Tensor, xp: Any) -> Any:
@@ -511,10 +523,10 @@ def mse_loss(input: Tensor, target: Any) -> Tensor:
     loss = (diff * diff).sum(dtype=np.float32) / n
 
     def backward(g):
-        grad = diff * (2 * g / n)
+        grad = diff * (2 * compute(g) / n)
         return grad, -grad
 
-    return _result(loss, dtype, (input, target), backward)
+    return _result(loss, dtype, (input, target), backward, (diff,))
 
 
 def _xp(t: Tensor) -> Any:

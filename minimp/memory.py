@@ -34,22 +34,17 @@ __all__ = ["measure_peak", "memory_report", "saved_arrays"]
 
 
 def saved_arrays(output: Tensor) -> list[Any]:
-    """The arrays the autograd graph behind ``output`` keeps alive for backward: what
-    each op's closure holds (its inputs' arrays, or its own output), each array once.
-    This is the "activations" line of a memory budget, measured, not estimated."""
+    """The arrays the autograd graph behind ``output`` saves for backward, each once:
+    what every op declared when it built the graph (``Tensor.from_op``'s ``saved``:
+    its inputs, or its own output, as PyTorch's autograd saves them). This is the
+    "activations" line of a memory budget. (minimp's graph also keeps each
+    intermediate tensor its consumers point to; the measured peak includes that.)"""
     found: dict[int, Any] = {}
     for node in output._topological_order():
-        for cell in getattr(node._backward, "__closure__", None) or ():
-            for value in _flatten(cell.cell_contents):
-                if isinstance(value, Tensor):
-                    value = value.data
-                if hasattr(value, "nbytes") and getattr(value, "ndim", 0) > 0:
-                    found[id(value)] = value
+        for array in node._saved:
+            if getattr(array, "ndim", 0) > 0:
+                found[id(array)] = array
     return list(found.values())
-
-
-def _flatten(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def memory_report(run: Run) -> dict[str, int]:

@@ -8,10 +8,14 @@ rounding twice (to float32, then to float16) cannot differ from rounding once.
 That is also what GPUs do for 16-bit pointwise kernels (PyTorch's "opmath").
 
 Autograd is micrograd's, over arrays: every op attaches to its output a closure
-that maps the output's gradient to its inputs' gradients. This module owns what
-is common to every op: the order of the backward walk, summing gradients over
-broadcast axes, casting each gradient to the dtype of the tensor it belongs to
-(which is where a float16 gradient underflows), and accumulating it there.
+that maps the output's gradient to its inputs' gradients, and declares the arrays
+that closure saves for backward (what a memory report counts). The closure gets
+the gradient as stored, in the output's dtype, and widens it to float32 only
+where it computes with it (an op that only moves or selects values, like reshape
+or relu, passes the 16-bit array on untouched). This module owns what is common
+to every op: the order of the backward walk, summing gradients over broadcast
+axes, casting each gradient to the dtype of the tensor it belongs to (which is
+where a float16 gradient underflows), and accumulating it there.
 """
 
 from __future__ import annotations
@@ -66,7 +70,15 @@ def compute(array: Any) -> Any:
 
 
 def round_to_dtype(array: Any, dtype: np.dtype) -> Any:
-    """Round a float32 result once, to nearest-even, as the hardware stores it."""
+    """Round a result once, to nearest-even, as the hardware stores it. A 16-bit array
+    goes through float32 (exact), so widening to float32 is the table lookup and a
+    16-bit array already in ``dtype`` comes back as it is."""
+    if array.dtype == dtype:
+        return array
+    if array.dtype in (float16, bfloat16):
+        array = compute(array)
+        if dtype == float32:
+            return array
     return backend.narrow(array, dtype)
 
 
@@ -129,7 +141,9 @@ class Tensor:
     parameter gets a float16 gradient.
     """
 
-    __slots__ = ("_backward", "_parents", "_retains_grad", "data", "grad", "requires_grad")
+    __slots__ = (
+        "_backward", "_parents", "_retains_grad", "_saved", "data", "grad", "requires_grad",
+    )  # fmt: skip
     __array_ufunc__ = None  # ``ndarray * tensor`` defers to Tensor.__rmul__
 
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
@@ -143,16 +157,25 @@ class Tensor:
         self.grad: Tensor | None = None
         self._parents: tuple[Tensor, ...] = ()
         self._backward: Backward | None = None
+        self._saved: tuple[Any, ...] = ()
         self._retains_grad = False
 
     @staticmethod
-    def from_op(data: Any, parents: tuple[Tensor, ...], backward: Backward) -> Tensor:
-        """The output of an op: records the graph only if some input needs a gradient."""
+    def from_op(
+        data: Any, parents: tuple[Tensor, ...], backward: Backward, saved: tuple[Any, ...]
+    ) -> Tensor:
+        """The output of an op: records the graph only if some input needs a gradient.
+
+        ``saved`` lists the arrays ``backward`` keeps for later (None entries are
+        skipped): what PyTorch's autograd would save for this op, and what
+        ``minimp.memory`` counts as activations.
+        """
         out = Tensor(data)
         if _grad_mode.enabled and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward
+            out._saved = tuple(a for a in saved if a is not None)
         return out
 
     # ---- what it is -------------------------------------------------------------
@@ -205,13 +228,13 @@ class Tensor:
             if backend.check_device(target) == source:
                 return self
             moved = backend.to_device(self.data, target)
-            return Tensor.from_op(moved, (self,), lambda g: (backend.to_device(g, source),))
+            return Tensor.from_op(moved, (self,), lambda g: (backend.to_device(g, source),), ())
         dtype = as_dtype(target)
         if dtype == self.dtype:
             return self
         with ieee():
             data = round_to_dtype(compute(self.data), dtype)
-        return Tensor.from_op(data, (self,), lambda g: (g,))
+        return Tensor.from_op(data, (self,), lambda g: (g,), ())
 
     def half(self) -> Tensor:
         return self.to(float16)
@@ -275,10 +298,7 @@ class Tensor:
                     arrived.append((node, grad))
                 if node._backward is None:
                     continue
-                # A backward rule computes in float32, except one that only selects
-                # values (relu on 16-bit data), which takes the gradient as stored.
-                stored = getattr(node._backward, "takes_stored_gradient", False)
-                parent_grads = node._backward(grad if stored else compute(grad))
+                parent_grads = node._backward(grad)  # as stored: the rule widens it if need be
                 for parent, g in zip(node._parents, parent_grads, strict=True):
                     if g is None or not parent.requires_grad:
                         continue
@@ -286,13 +306,13 @@ class Tensor:
                     previous = grads.get(id(parent))
                     grads[id(parent)] = g if previous is None else _add(previous, g)
                 if not retain_graph:  # free the saved arrays, as PyTorch does
-                    node._parents, node._backward = (), _freed_graph
+                    node._parents, node._backward, node._saved = (), _freed_graph, ()
             for node, grad in arrived:
                 node._accumulate(grad)
 
     def _accumulate(self, grad: Any) -> None:
-        if self.grad is None:
-            self.grad = Tensor(grad)
+        if self.grad is None:  # its own array: a rule may hand on a broadcast view
+            self.grad = Tensor(backend.array_module(grad).ascontiguousarray(grad))
         else:
             self.grad = Tensor(_add(self.grad.data, grad))
 
@@ -322,7 +342,7 @@ def _sum_to_shape(grad: Any, shape: tuple[int, ...]) -> Any:
     axes = tuple(range(extra)) + tuple(
         extra + i for i, n in enumerate(shape) if n == 1 and grad.shape[extra + i] != 1
     )
-    return grad.sum(axis=axes, dtype=np.float32).reshape(shape)
+    return compute(grad).sum(axis=axes, dtype=np.float32).reshape(shape)
 
 
 def _add(a: Any, b: Any) -> Any:
