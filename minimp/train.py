@@ -42,7 +42,6 @@ __all__ = [
     "StepResult",
     "TrainConfig",
     "get_regime",
-    "train",
 ]
 
 
@@ -373,17 +372,6 @@ class Run:
         self.history.test_loss.append(loss)
         self.history.test_accuracy.append(accuracy)
         return loss, accuracy
-
-
-def train(
-    regime: str | Regime,
-    dataset: Dataset,
-    config: TrainConfig = TrainConfig(),
-    hooks: Sequence[Hook] = (),
-    progress: bool | None = None,
-) -> History:
-    """Train one regime for ``config.steps`` steps and return its history."""
-    return Run(regime, dataset, config).train(hooks=hooks, progress=progress)
 
 
 class _NoBar:
