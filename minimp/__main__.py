@@ -13,6 +13,7 @@ python -m minimp bench      step time and memory per regime, against NumPy and P
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -108,6 +109,17 @@ def bench(device: str = "cpu", quick: bool = False, json_path: str | None = None
     return result
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1 (0 steps or 0 seeds would measure nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minimp",
@@ -116,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command")
     run_demo = commands.add_parser("demo", help="a short tour of the engine")
-    run_demo.add_argument("--steps", type=int, default=300)
+    run_demo.add_argument("--steps", type=_at_least_one, default=300)
     commands.add_parser("policies", help="print each regime's precision policy (no training)")
     run_regimes = commands.add_parser("regimes", help="the regimes side by side (about a minute)")
-    run_regimes.add_argument("--seeds", type=int, default=3)
+    run_regimes.add_argument("--seeds", type=_at_least_one, default=3)
     run_regimes.add_argument(
         "--setting", choices=["default", "large-batch-adam"], default="default"
     )
@@ -136,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    if args.command == "bench" and args.json:  # checked now, not after the whole benchmark
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(
+                f"argument --json: cannot write {args.json}: {folder} is not a writable folder"
+            )
     if args.command in (None, "lessons"):
         from minimp import lessons
 

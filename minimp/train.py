@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "History",
     "Regime",
     "Run",
+    "SkippedStepsWarning",
     "StepInfo",
     "StepResult",
     "TrainConfig",
@@ -67,11 +70,41 @@ class TrainConfig:
     record_every: int = 0  # call hooks every N steps (0: never)
 
     def __post_init__(self) -> None:
+        """Every setting checked here, so a bad one fails at construction, by name."""
+
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"TrainConfig: {name} must be {allowed}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        sizes = self.sizes
+        if not isinstance(sizes, tuple | list) or len(sizes) < 2:
+            raise bad("sizes", "a tuple of at least 2 layer widths (inputs, ..., classes)")
+        if not all(is_int(n) and n >= 1 for n in sizes):
+            raise bad("sizes", "layer widths that are integers >= 1")
+        object.__setattr__(self, "sizes", tuple(int(n) for n in sizes))
+        if self.activation not in ("relu", "tanh", "sigmoid"):
+            raise bad("activation", "'relu', 'tanh' or 'sigmoid'")
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        for name in ("batch_size", "steps", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            raise bad("optimizer", "'sgd' or 'adam'")
+        for name in ("batch_size", "steps", "eval_every", "growth_interval"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                raise bad(name, "an integer >= 1")
+        for name in ("seed", "record_every"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "an integer >= 0")
+        for name in ("lr", "momentum", "weight_decay", "min_scale"):
+            if not (is_real(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "a finite number >= 0")
+        for name in ("static_scale", "init_scale"):
+            if not (is_real(getattr(self, name)) and getattr(self, name) > 0):
+                raise bad(name, "a finite number > 0")
+        if self.clip_norm is not None and not (is_real(self.clip_norm) and self.clip_norm > 0):
+            raise bad("clip_norm", "None or a finite number > 0")
 
 
 # The setting where unscaled float16 gradients do hurt (README, "When scaling matters"):
@@ -102,6 +135,13 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class SkippedStepsWarning(UserWarning):
+    """Many steps in a row were skipped for inf/NaN gradients: the run is not training."""
+
+
+SKIPPED_IN_A_ROW = 10  # steps skipped in a row before train() says so (once per such run)
 
 
 @dataclass
@@ -153,6 +193,11 @@ class Run:
             raise ValueError(
                 f"model sizes {config.sizes} do not fit {dataset.name}: "
                 f"{dataset.n_features} features in, {dataset.n_classes} classes out"
+            )
+        if config.batch_size > len(dataset.x_train):
+            raise ValueError(
+                f"TrainConfig: batch_size must be at most the {len(dataset.x_train)} training "
+                f"examples of {dataset.name}, got {config.batch_size}"
             )
         backend.check_device(device)
         if device == "cuda" and bfloat16 in (self.regime.param_dtype, self.regime.compute_dtype):
@@ -282,6 +327,7 @@ class Run:
             h.scale.append(result.scale)
             h.skipped.append(not result.stepped)
             h.lost_updates.append(result.lost_updates)
+            self._warn_if_skipping()
             if (
                 self.steps_done % self.config.eval_every == 0
                 or self.steps_done == self.config.steps
@@ -290,6 +336,29 @@ class Run:
             bar.update()
         bar.close()
         return self.history
+
+    def _warn_if_skipping(self) -> None:
+        """Warn once when the history's last SKIPPED_IN_A_ROW steps, and no more, were all
+        skipped: a scale that overflows every step trains nothing, without a word."""
+        tail = self.history.skipped[-SKIPPED_IN_A_ROW - 1 :]
+        if tail[-SKIPPED_IN_A_ROW:] == [True] * SKIPPED_IN_A_ROW and (
+            len(tail) == SKIPPED_IN_A_ROW or not tail[0]
+        ):
+            scale = self.history.scale[-1]
+            warnings.warn(
+                f"{self.regime.name}: the last {SKIPPED_IN_A_ROW} steps were all skipped, their "
+                f"gradients inf or NaN at loss scale {scale:.10g} (2^{math.log2(scale):.3g}): the "
+                "weights are not being updated. "
+                + (
+                    "The scale backs off at each skip, so the overflow is not the scale's: "
+                    "look for inf/NaN in the forward pass or the data"
+                    if self.regime.loss_scaling == "dynamic"
+                    else "Lower the scale (TrainConfig(static_scale=...)) or let it adapt "
+                    "(regime 'mixed-dynamic')"
+                ),
+                SkippedStepsWarning,
+                stacklevel=3,
+            )
 
     def _lost_fraction(self, before: list[Any]) -> float:
         """Of the weights whose gradient was nonzero, the fraction the update left
@@ -328,39 +397,129 @@ class Run:
         """The model's fp8 layers (none unless the regime has an fp8 recipe)."""
         return [layer for layer in self.model.layers if isinstance(layer, Fp8Linear)]
 
-    def load(self, path) -> None:
-        """Continue from a checkpoint saved by a run of the same regime and config."""
-        extra = checkpoint.peek(path)
-        config = TrainConfig(**{**extra["config"], "sizes": tuple(extra["config"]["sizes"])})
-        if extra["regime"] != self.regime.name or config != self.config:
-            raise checkpoint.CheckpointError(
-                f"{path}: saved by a {extra['regime']!r} run with {config}, "
-                f"not this {self.regime.name!r} run with {self.config}"
-            )
-        fp8_layers, fp8_states = self.fp8_layers(), extra.get("fp8_scaling", [])
-        if len(fp8_states) != len(fp8_layers):
-            raise checkpoint.CheckpointError(
-                f"{path}: holds fp8 scales for {len(fp8_states)} layers, this run has "
-                f"{len(fp8_layers)} fp8 layers"
-            )
-        fp8_states = [
-            {k: np.asarray(v, np.float32) if isinstance(v, list) else v for k, v in s.items()}
-            for s in fp8_states
+    def load(self, path, allow_nonfinite: bool = False) -> None:
+        """Continue from a checkpoint saved by a run of the same regime and config. The
+        file is read once and all of it checked before anything changes: a bad file
+        raises ``CheckpointError`` and leaves the run as it was. NaN or inf weights are
+        refused unless ``allow_nonfinite`` (``path`` may also be ``checkpoint.read``'s
+        contents)."""
+        contents = path if isinstance(path, checkpoint.Contents) else checkpoint.read(path)
+        path = contents.path
+        extra = contents.extra
+
+        def fail(what: str) -> checkpoint.CheckpointError:
+            return checkpoint.CheckpointError(f"{path}: {what}")
+
+        missing = {"regime", "config", "steps_done", "history", "scale_history"} - set(extra)
+        if missing:
+            raise fail(f"holds no {', '.join(sorted(missing))}: not saved by Run.save")
+        try:
+            saved_config = dict(extra["config"])
+            saved_config["sizes"] = tuple(saved_config.get("sizes", ()))
+            config = TrainConfig(**saved_config)
+        except (TypeError, ValueError) as err:
+            raise fail(f"its config does not make a TrainConfig: {err}") from None
+        if extra["regime"] != self.regime.name:
+            raise fail(f"saved by a {extra['regime']!r} run, not this {self.regime.name!r} run")
+        if config != self.config:
+            differ = [
+                f"{f.name} {getattr(config, f.name)!r} there, {getattr(self.config, f.name)!r} here"
+                for f in fields(TrainConfig)
+                if getattr(config, f.name) != getattr(self.config, f.name)
+            ]
+            raise fail(f"saved with another config: {'; '.join(differ)}")
+        steps_done = extra["steps_done"]
+        if isinstance(steps_done, bool) or not isinstance(steps_done, int) or steps_done < 0:
+            raise fail(f"steps_done must be an integer >= 0, got {steps_done!r}")
+        history = _checked_history(extra["history"], self.regime.name, fail)
+        scale_history = _checked_scale_history(extra["scale_history"], fail)
+        fp8_states = self._checked_fp8_states(extra.get("fp8_scaling", []), fail)
+        arrays = [
+            k[len("optimizer/") :] for k in contents.meta["dtypes"] if k.startswith("optimizer/")
         ]
-        for layer, state in zip(fp8_layers, fp8_states, strict=True):
-            copy.deepcopy(layer).load_scaling_state(state)  # checked before anything changes
-        checkpoint.load(
-            path,
+        self._check_optimizer_meta(contents.meta.get("optimizer"), arrays, history, fail)
+        apply = checkpoint.prepare(
+            contents,
             model=self.model,
             optimizer=self.optimizer,
             masters=self.masters,
             scaler=self.scaler,
+            allow_nonfinite=allow_nonfinite,
         )
-        self.steps_done = extra["steps_done"]
-        self.history = History(**extra["history"])
-        self.scaler.history = [ScaleRecord(**r) for r in extra["scale_history"]]
-        for layer, state in zip(fp8_layers, fp8_states, strict=True):
+        # Everything is checked: from here on nothing can fail.
+        apply()
+        self.steps_done = steps_done
+        self.history = history
+        self.scaler.history = scale_history
+        for layer, state in zip(self.fp8_layers(), fp8_states, strict=True):
             layer.load_scaling_state(state)
+
+    def _checked_fp8_states(self, states: Any, fail) -> list[dict[str, Any]]:
+        layers = self.fp8_layers()
+        if not isinstance(states, list) or len(states) != len(layers):
+            raise fail(f"holds fp8 scales {states!r:.80}, this run has {len(layers)} fp8 layers")
+        checked = []
+        for layer, state in zip(layers, states, strict=True):
+            try:
+                state = {
+                    k: np.asarray(v, np.float32) if isinstance(v, list) else v
+                    for k, v in state.items()
+                }
+                copy.deepcopy(layer).load_scaling_state(state)
+            except (AttributeError, KeyError, TypeError, ValueError) as err:
+                raise fail(f"holds fp8 scales that do not fit: {err}") from None
+            checked.append(state)
+        return checked
+
+    def _check_optimizer_meta(
+        self, saved: Any, array_keys: list[str], history: History, fail
+    ) -> None:
+        """The optimizer's settings in the file are this run's (a checkpoint never changes
+        lr, betas or update_rounding), and its state is complete: every parameter has
+        what a step gives it, or, before any step was taken, nothing."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
+            raise fail("holds no optimizer section")
+        ours = self.optimizer.state_dict()["param_groups"]
+        if len(saved["param_groups"]) != len(ours):
+            raise fail(
+                f"holds {len(saved['param_groups'])} optimizer param groups, not {len(ours)}"
+            )
+        for group, mine in zip(saved["param_groups"], ours, strict=True):
+            keys = set(mine) - {"generator"}
+            if set(group) - {"generator"} != keys:
+                raise fail(f"optimizer settings {sorted(set(group))}, expected {sorted(set(mine))}")
+            for key in sorted(keys - {"params"}):
+                want = list(mine[key]) if isinstance(mine[key], tuple) else mine[key]
+                if group[key] != want or type(group[key]) is not type(want):
+                    raise fail(
+                        f"optimizer setting {key} is {group[key]!r}, this run's is {mine[key]!r} "
+                        "(from its TrainConfig and regime)"
+                    )
+        probe = copy.deepcopy(self.optimizer)  # what one step leaves in the state
+        params = [p for g in probe.param_groups for p in g["params"]]
+        for p in params:
+            p.grad = Tensor(backend.array_module(p.data).zeros_like(p.data))
+        probe.step()
+        expected = sorted(probe.state[id(params[0])]) if params and probe.state else []
+        held: dict[int, set[str]] = {}
+        for key in saved.get("counters", {}):
+            i, name = key.split("/", 1)
+            held.setdefault(int(i), set()).add(name)
+        for key in array_keys:
+            i, name = key.split("/", 1)
+            held.setdefault(int(i), set()).add(name)
+        if not held and expected and False in history.skipped:
+            raise fail(
+                f"holds no optimizer state ({', '.join(expected)}), but its history has steps "
+                "that were taken: the state was removed"
+            )
+        if held:
+            for i in range(len(params)):
+                if sorted(held.get(i, ())) != expected:
+                    raise fail(
+                        f"optimizer state of parameter {i} is {sorted(held.get(i, ()))}, "
+                        f"expected {expected}"
+                    )
 
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy, in the regime's dtype (the model as deployed)."""
@@ -372,6 +531,70 @@ class Run:
         self.history.test_loss.append(loss)
         self.history.test_accuracy.append(accuracy)
         return loss, accuracy
+
+
+_HISTORY_ITEMS = {  # History's lists and what each element must be
+    "step": int,
+    "loss": float,
+    "scale": float,
+    "skipped": bool,
+    "lost_updates": float,
+    "eval_step": int,
+    "test_loss": float,
+    "test_accuracy": float,
+}
+
+
+def _checked_history(saved: Any, regime: str, fail) -> History:
+    """A History from a checkpoint's JSON, every field's type and length checked."""
+    names = {f.name for f in fields(History)}
+    if not isinstance(saved, dict) or set(saved) != names:
+        keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise fail(f"history has keys {keys}, expected {sorted(names)}")
+    if saved["regime"] != regime:
+        raise fail(f"history is of regime {saved['regime']!r}, not {regime!r}")
+    for name, kind in _HISTORY_ITEMS.items():
+        values = saved[name]
+        ok = isinstance(values, list) and all(
+            isinstance(v, bool) if kind is bool else _is_number(v, kind) for v in values
+        )
+        if not ok:
+            raise fail(f"history {name} must be a list of {kind.__name__}s, got {values!r:.60}")
+    for group in (
+        ("step", "loss", "scale", "skipped", "lost_updates"),
+        ("eval_step", "test_loss", "test_accuracy"),
+    ):
+        lengths = {name: len(saved[name]) for name in group}
+        if len(set(lengths.values())) > 1:
+            raise fail(f"history lists of one length differ in length: {lengths}")
+    memory = saved["memory"]
+    if not isinstance(memory, dict) or not all(_is_number(v, int) for v in memory.values()):
+        raise fail(f"history memory must map categories to byte counts, got {memory!r:.60}")
+    if not _is_number(saved["peak_memory"], int):
+        raise fail(f"history peak_memory must be a byte count, got {saved['peak_memory']!r:.60}")
+    return History(**copy.deepcopy(saved))
+
+
+def _is_number(v: Any, kind: type) -> bool:
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) if kind is int else isinstance(v, int | float)
+
+
+def _checked_scale_history(saved: Any, fail) -> list[ScaleRecord]:
+    names = [f.name for f in fields(ScaleRecord)]
+    kinds = {"step": int, "scale": float, "found_inf": bool, "skipped": bool}
+    if not isinstance(saved, list):
+        raise fail(f"scale_history must be a list, got {type(saved).__name__}")
+    for i, record in enumerate(saved):
+        ok = isinstance(record, dict) and sorted(record) == sorted(names)
+        ok = ok and all(
+            isinstance(record[k], bool) if kinds[k] is bool else _is_number(record[k], kinds[k])
+            for k in names
+        )
+        if not ok:
+            raise fail(f"scale_history entry {i} is {record!r:.60}, expected keys {names}")
+    return [ScaleRecord(**r) for r in saved]
 
 
 class _NoBar:

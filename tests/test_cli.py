@@ -1,5 +1,7 @@
 """The command line runs, and the demo's claims are what it measures."""
 
+import pytest
+
 from minimp.__main__ import demo, main
 
 
@@ -15,3 +17,22 @@ def test_demo_trains_both_dtypes_to_a_useful_accuracy(capsys):
 def test_main_runs_the_demo(capsys):
     assert main(["demo", "--steps", "5"]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["demo", "--steps", "0"], ["--steps", "0", ">= 1"]),
+        (["demo", "--steps", "-4"], ["--steps", "-4", ">= 1"]),
+        (["regimes", "--seeds", "0"], ["--seeds", "0", ">= 1"]),
+        (["bench", "--quick", "--json", "/missing/dir/x.json"], ["--json", "/missing/dir"]),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(capsys, argv, words):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran: no benchmark line, no table
+    for word in words:
+        assert word in captured.err, (word, captured.err)

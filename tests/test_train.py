@@ -1,5 +1,6 @@
 """The training loop, the regimes, checkpoints, and what bad input does to a run."""
 
+import math
 import zipfile
 from dataclasses import replace
 
@@ -9,7 +10,15 @@ import pytest
 import minimp
 from minimp import checkpoint, data
 from minimp.amp import LossScaleUnderflowError
-from minimp.train import ALL_REGIMES, BEYOND_FP16, REGIMES, Run, TrainConfig, get_regime
+from minimp.train import (
+    ALL_REGIMES,
+    BEYOND_FP16,
+    REGIMES,
+    Run,
+    SkippedStepsWarning,
+    TrainConfig,
+    get_regime,
+)
 
 DIGITS = data.load_digits()
 SHORT = TrainConfig(sizes=(64, 32, 10), steps=30, eval_every=10)
@@ -100,7 +109,9 @@ def test_loading_a_checkpoint_from_another_model_fails_and_changes_nothing(tmp_p
     path = _saved(tmp_path)
     other = Run("mixed-dynamic", DIGITS, replace(SHORT, sizes=(64, 16, 10)))
     before = _bits(other)
-    with pytest.raises(checkpoint.CheckpointError, match="saved by a 'mixed-dynamic' run"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"another config: sizes \(64, 32, 10\) there"
+    ):
         other.load(path)
     # The low-level loader, past the config check, names the mismatch.
     with pytest.raises(checkpoint.CheckpointError, match=r"layers\.0\.weight"):
@@ -134,7 +145,7 @@ def test_a_checkpoint_never_unpickles(tmp_path):
     """A file holding a pickled object is refused, not executed."""
     path = tmp_path / "evil.npz"
     np.savez(path, **{"meta.json": np.array([object()], dtype=object)})
-    with pytest.raises(checkpoint.CheckpointError, match="not a readable minimp checkpoint"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"holds object.*expected uint8"):
         Run("fp32", DIGITS, SHORT).load(path)
     with zipfile.ZipFile(path) as z:  # it really holds a pickle
         assert any(z.read(n)[:6].startswith(b"\x93NUMPY") for n in z.namelist())
@@ -190,3 +201,59 @@ def test_the_fp16_regime_runs_through_a_subnormal_loss():
     history = Run("fp16", data.load_digits(), config).train()
     assert len(history.loss) == 900
     assert any(0 < loss < 2.0**-14 for loss in history.loss)  # the case really occurred
+
+
+BAD_CONFIGS = [
+    ({"sizes": ()}, "sizes", "()"),
+    ({"sizes": (64,)}, "sizes", "(64,)"),
+    ({"sizes": (64, 0, 10)}, "sizes", ">= 1"),
+    ({"seed": -1}, "seed", "-1"),
+    ({"steps": 1.5}, "steps", "1.5"),
+    ({"batch_size": "64"}, "batch_size", "'64'"),
+    ({"batch_size": True}, "batch_size", "True"),
+    ({"lr": "0.1"}, "lr", "'0.1'"),
+    ({"lr": -1.0}, "lr", ">= 0"),
+    ({"lr": math.nan}, "lr", "nan"),
+    ({"momentum": None}, "momentum", "None"),
+    ({"clip_norm": 0.0}, "clip_norm", "> 0"),
+    ({"static_scale": 0.0}, "static_scale", "> 0"),
+    ({"init_scale": math.inf}, "init_scale", "inf"),
+    ({"growth_interval": 0}, "growth_interval", ">= 1"),
+    ({"record_every": -1}, "record_every", ">= 0"),
+    ({"eval_every": 0}, "eval_every", ">= 1"),
+    ({"activation": "gelu"}, "activation", "'relu'"),
+]
+
+
+@pytest.mark.parametrize("settings, name, words", BAD_CONFIGS)
+def test_bad_settings_are_refused_at_construction_naming_setting_value_and_allowed(
+    settings, name, words
+):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**settings)
+    message = str(err.value)
+    assert name in message and words in message and "must be" in message, message
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_where_the_data_is_known():
+    n = len(DIGITS.x_train)
+    with pytest.raises(ValueError, match=f"batch_size must be at most the {n} training"):
+        Run("fp32", DIGITS, replace(SHORT, batch_size=n + 1))
+    Run("fp32", DIGITS, replace(SHORT, batch_size=n)).train(2)  # all of it is fine
+
+
+def test_a_run_of_skipped_steps_is_reported_once_with_the_scale_and_the_fix():
+    """A static scale of 2^24 overflows every step on the digits (issue 16, item 15)."""
+    config = replace(SHORT, static_scale=2.0**24, steps=30)
+    run = Run("mixed-static", DIGITS, config)
+    with pytest.warns(SkippedStepsWarning) as caught:
+        run.train(25)
+    assert all(run.history.skipped)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "16777216" in message and "2^24" in message and "static_scale" in message
+    import warnings
+
+    with warnings.catch_warnings():  # the same run of skips goes on: no second warning
+        warnings.simplefilter("error")
+        run.train(5)
