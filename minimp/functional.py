@@ -234,31 +234,34 @@ def sigmoid(a: Tensor) -> Tensor:
 
 @ieee()
 def relu(a: Tensor) -> Tensor:
-    """max(a, 0). Exact in any dtype: it only chooses between ``a`` and 0. Like
-    PyTorch it saves only its output, and the gradient passes wherever that is not
-    0: a NaN propagates forward and passes the gradient on, as in PyTorch. Its
-    backward masks the gradient as stored, in any dtype: a selection is exact."""
+    """``0 if a < 0 else a``, as PyTorch: exact in any dtype, and -0.0 stays -0.0 (it
+    is not below 0). Like PyTorch it saves only its output, and the gradient passes
+    wherever that is not ±0: a NaN propagates forward and passes the gradient on.
+    Its backward masks the gradient as stored, in any dtype: a selection is exact."""
     (a,), dtype = _operands("relu", a)
     xp = _xp(a)
     if dtype == np.float32 or xp is not np:
-        out = xp.maximum(a.data, 0)
+        out = xp.where(a.data < 0, xp.zeros((), a.data.dtype), a.data)
         return Tensor.from_op(out, (a,), lambda g: (xp.where(out != 0, g, 0),), (out,))
     out = _relu16(a.data)
 
     def backward(g16):  # a 16-bit gradient, masked on its bits like the forward
-        return ((g16.view(np.int16) * (out.view(np.int16) != 0)).view(g16.dtype),)
+        passes = (out.view(np.int16) & np.int16(0x7FFF)) != 0  # not +0 or -0
+        return ((g16.view(np.int16) * passes).view(g16.dtype),)
 
     return Tensor.from_op(out, (a,), backward, (out,))
 
 
 # NumPy has no float16 arithmetic (it converts element by element, 5-10 ns each),
 # while integer compares are vectorised, so on the CPU relu reads 16-bit bit
-# patterns as int16: those of negative numbers, -0 and -inf are exactly the ones at
-# or below -inf's; negative NaNs lie between -inf and 0.
+# patterns as int16: those of negative numbers and -inf are exactly the ones at or
+# below -inf's, bar -0 (0x8000, the smallest int16), which relu keeps; negative NaNs
+# lie between -inf and 0.
 def _relu16(x: np.ndarray) -> np.ndarray:
     bits = x.view(np.int16)
     negative_inf = np.array(-np.inf, dtype=x.dtype).view(np.int16)
-    return (bits * (bits > negative_inf)).view(x.dtype)  # np.where is 40x slower here
+    keep = (bits > negative_inf) | (bits == np.iinfo(np.int16).min)
+    return (bits * keep).view(x.dtype)  # np.where is 40x slower here
 
 
 # ---- shape ---------------------------------------------------------------------

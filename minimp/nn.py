@@ -213,24 +213,54 @@ class MLP(Sequential):
         self.sizes = tuple(sizes)
 
 
-def clip_grad_norm_(parameters: Iterable[Tensor], max_norm: float) -> float:
-    """Scale gradients in place so their global L2 norm is at most ``max_norm``.
+def clip_grad_norm_(
+    parameters: Iterable[Tensor] | Tensor,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+    foreach: bool | None = None,
+) -> np.float32:
+    """Scale gradients in place so their global L2 norm is at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_``; returns the total norm before clipping.
 
-    Returns the norm before clipping, accumulated in float32. With a loss scaler,
-    call it after ``scaler.unscale_(optimizer)``: clipping scaled gradients would
-    clip against a threshold multiplied by the scale (Micikevicius et al. 2018,
-    sec. 3.2). A non-finite norm leaves the gradients alone: the scaler will skip
-    that step.
+    With a loss scaler, call it after ``scaler.unscale_(optimizer)``: clipping scaled
+    gradients would clip against a threshold multiplied by the scale (Micikevicius et
+    al. 2018, sec. 3.2). As torch's, it computes each gradient's norm (accumulated in
+    float32), then the norm of those norms, and multiplies every gradient by
+    ``min(1, max_norm / (total + 1e-6))`` in float32 (rounded to a 16-bit gradient's
+    dtype first, torch's rule for a 0-d operand). A non-finite norm propagates: inf
+    gives a coefficient of 0, so inf entries become NaN and the others 0; NaN makes
+    every gradient NaN. The scaler has already recorded the inf and will skip the step;
+    ``error_if_nonfinite=True`` raises instead. ``foreach`` is accepted and ignored
+    (one implementation here). Only the L2 norm (``norm_type=2``) is provided.
+
+    The norm comes back as a 0-d float32 NumPy value (torch returns a 0-d tensor in the
+    gradients' dtype): it prints, compares and multiplies like a number.
     """
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    if not (isinstance(max_norm, int | float) and not isinstance(max_norm, bool)) or not (
+        max_norm > 0
+    ):
+        raise ValueError(f"max_norm must be a number > 0, got {max_norm!r}")
+    if norm_type != 2.0:
+        raise ValueError(f"norm_type must be 2.0 (the L2 norm minimp computes), got {norm_type!r}")
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return 0.0
+        return np.float32(0.0)
     with ieee():
-        total = math.sqrt(sum(float((compute(g.data) ** 2).sum(dtype=np.float32)) for g in grads))
-        coef = max_norm / (total + 1e-6)
-        if math.isfinite(total) and coef < 1:
-            for g in grads:
-                g.data = round_to_dtype(compute(g.data) * np.float32(coef), g.dtype)
+        norms = [np.sqrt((compute(g.data) ** 2).sum(dtype=np.float32)) for g in grads]
+        total = np.float32(
+            np.sqrt(np.sum(np.square(np.array(norms, np.float32)), dtype=np.float32))
+        )
+        if error_if_nonfinite and not np.isfinite(total):
+            raise RuntimeError(
+                f"The total norm of order 2.0 for gradients from `parameters` is non-finite "
+                f"({total}), so it cannot be clipped. To disable this error and scale the "
+                "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
+            )
+        coef = np.minimum(np.float32(max_norm) / (total + np.float32(1e-6)), np.float32(1.0))
+        for g in grads:
+            factor = coef if g.dtype == float32 else round_to_dtype(np.array(coef), g.dtype)
+            g.data = round_to_dtype(compute(g.data) * compute(factor), g.dtype)
     return total

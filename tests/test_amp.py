@@ -182,3 +182,59 @@ def test_clip_grad_norm_matches_pytorch():
     assert norm == pytest.approx(float(expected), rel=1e-6)
     for p, q in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-6)
+
+
+# ---- issue 12: 0-d operands and the cast cache under no_grad ---------------------------
+
+_TORCH_DTYPE = {f16: torch.float16, f32: torch.float32, bf16: torch.bfloat16}
+
+
+@pytest.mark.parametrize("autocast_dtype", [f16, bf16], ids=str)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_0d_operands_follow_torchs_result_type_inside_autocast(op, autocast_dtype):
+    """A dimensioned operand's dtype wins over a 0-d one's (torch's result_type), and
+    the 0-d value is rounded to it first. The dtype is torch's for all 4 x 3 x 3 x 4
+    cases; values at torch.testing's default tolerance for that dtype, because torch's
+    CPU kernels for mul and div keep the 0-d operand in float32 (add rounds it, as
+    minimp does). Torch's CPU autocast leaves these ops to plain promotion, as CUDA's."""
+    fn = {"add": F.add, "sub": F.sub, "mul": F.mul, "div": F.div}[op]
+    tfn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}[op]
+    rng = np.random.default_rng(0)
+    for da in (f16, f32, bf16):
+        for db in (f16, f32, bf16):
+            for shape_a, shape_b in (((4,), ()), ((), (4,)), ((), ()), ((4,), (4,))):
+                a = rng.uniform(0.5, 2, shape_a).astype(np.float32) + np.float32(1e-3)
+                b = rng.uniform(0.5, 2, shape_b).astype(np.float32) + np.float32(1e-3)
+                x, y = minimp.tensor(a, dtype=da), minimp.tensor(b, dtype=db)
+                tx = torch.from_numpy(x.numpy().astype(np.float32)).to(_TORCH_DTYPE[da])
+                ty = torch.from_numpy(y.numpy().astype(np.float32)).to(_TORCH_DTYPE[db])
+                with autocast(dtype=autocast_dtype):
+                    out = fn(x, y)
+                expected = tfn(tx, ty)
+                assert _TORCH_DTYPE[out.dtype] == expected.dtype, (da, db, shape_a, shape_b)
+                torch.testing.assert_close(  # torch's CPU mul/div may not round the 0-d
+                    torch.from_numpy(out.numpy().astype(np.float32)).to(expected.dtype),
+                    expected,
+                )
+
+
+def test_autocast_casts_a_parameter_once_per_region_under_no_grad(monkeypatch):
+    """Issue 12, item 4: four Linear calls inside autocast + no_grad cast the weight once."""
+    layer = nn.Linear(4, 3, generator=np.random.default_rng(0))
+    x = minimp.tensor(np.ones((2, 4), np.float32))
+    casts = []
+    original = minimp.Tensor.to
+
+    def counting_to(self, target):
+        casts.append(id(self))
+        return original(self, target)
+
+    monkeypatch.setattr(minimp.Tensor, "to", counting_to)
+    with autocast(), minimp.no_grad():
+        outs = [layer(x) for _ in range(4)]
+    assert casts.count(id(layer.weight)) == 1 and casts.count(id(layer.bias)) == 1
+    assert all(np.array_equal(o.numpy(), outs[0].numpy()) for o in outs)
+    casts.clear()
+    with autocast():  # with grad, a new region casts again, and the graph still reaches w
+        layer(x).sum().backward()
+    assert casts.count(id(layer.weight)) == 1 and layer.weight.grad.dtype == f32

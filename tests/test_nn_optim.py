@@ -103,7 +103,7 @@ def test_optimizer_errors():
     with pytest.raises(TypeError, match="requires_grad"):
         optim.SGD([minimp.tensor([1.0])], lr=0.1)
     w = minimp.tensor([1.0], requires_grad=True)
-    with pytest.raises(ValueError, match="learning rate"):
+    with pytest.raises(ValueError, match="lr must be"):
         optim.SGD([w], lr=-1)
     with pytest.raises(ValueError, match="betas"):
         optim.Adam([w], betas=(0.9, 1.0))

@@ -44,7 +44,7 @@ def _descend(dtype, n_weights, steps, mode, lr, seed=0):
     return w, opt
 
 
-# ---- nearest: today's behaviour, bit for bit -----------------------------------------
+# ---- nearest: the plain update rounded once, bit for bit --------------------------------
 
 
 def _reference_sgd(p, g, buf, lr, momentum, weight_decay):
@@ -59,8 +59,10 @@ def _reference_sgd(p, g, buf, lr, momentum, weight_decay):
     return round_to_dtype(compute(p) - lr * g, p.dtype), buf
 
 
-def _reference_adam(p, g, m, v, step, lr, betas, eps, weight_decay):
-    """The update as optim.Adam computed it before ``update_rounding`` existed."""
+def _reference_adam(p, g, m, v, step, lr, betas, eps, weight_decay, rounded_moments=False):
+    """Adam as torch's fused kernel computes it: the update from the float32 moments,
+    which are stored rounded afterwards. ``rounded_moments``: the update from the
+    rounded ones instead (minimp before issue 12; ``demonstrate_16bit_moments``)."""
     beta1, beta2 = betas
     g = compute(g)
     if weight_decay:
@@ -68,15 +70,17 @@ def _reference_adam(p, g, m, v, step, lr, betas, eps, weight_decay):
     m = compute(m)
     m = m + (1 - beta1) * (g - m)
     v = beta2 * compute(v) + (1 - beta2) * g * g
-    m, v = round_to_dtype(m, p.dtype), round_to_dtype(v, p.dtype)
+    m16, v16 = round_to_dtype(m, p.dtype), round_to_dtype(v, p.dtype)
+    if rounded_moments:
+        m, v = compute(m16), compute(v16)
     step_size = lr / (1 - beta1**step)
-    denom = np.sqrt(compute(v)) / math.sqrt(1 - beta2**step) + eps
-    return round_to_dtype(compute(p) - step_size * (compute(m) / denom), p.dtype), m, v
+    denom = np.sqrt(v) / math.sqrt(1 - beta2**step) + eps
+    return round_to_dtype(compute(p) - step_size * (m / denom), p.dtype), m16, v16
 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["default", "explicit"])
 @pytest.mark.parametrize("dtype", ALL, ids=str)
-def test_nearest_is_the_update_it_always_was(dtype, explicit):
+def test_nearest_is_the_plain_rounded_update(dtype, explicit):
     rng = np.random.default_rng(1)
     start = rng.standard_normal(64)
     grads = [rng.standard_normal(64) * 10.0 ** rng.integers(-6, 1) for _ in range(6)]
@@ -313,7 +317,9 @@ def test_a_kahan_state_dict_round_trip_continues_bit_for_bit(make):
     saved["param_groups"] = json.loads(json.dumps(saved["param_groups"]))  # JSON values
 
     resumed_w = minimp.tensor(w.data, requires_grad=True)
-    resumed = make([resumed_w], **kw)  # built with the default mode: the state dict sets it
+    with pytest.raises(ValueError, match="build the optimizer with update_rounding='kahan'"):
+        make([resumed_w], **kw).load_state_dict(saved)  # the rounding is the optimizer's own
+    resumed = make([resumed_w], update_rounding="kahan", **kw)
     resumed.load_state_dict(saved)
     saved["state"][0]["compensation"][:] = 0  # the optimizer holds its own copy
     assert resumed.param_groups[0]["update_rounding"] == "kahan"
@@ -400,6 +406,6 @@ def test_a_bad_state_dict_changes_nothing():
 
     nearest = optim.SGD([_ones(8, "bfloat16")], lr=1e-4, momentum=0.9)
     stochastic = variant(group={"update_rounding": "stochastic"})
-    with pytest.raises(ValueError, match="generator"):
-        nearest.load_state_dict(stochastic)  # no generator to draw from
+    with pytest.raises(ValueError, match="update_rounding='stochastic'"):
+        nearest.load_state_dict(stochastic)  # the rounding (and its generator) is the optimizer's
     assert nearest.param_groups[0]["update_rounding"] == "nearest" and not nearest.state

@@ -221,12 +221,26 @@ def test_min_scale_raises_with_the_explanation_and_changes_nothing():
         assert words in message
     assert isinstance(caught.value, RuntimeError) and caught.value.overflows == 4
     assert scaler.state_dict() == before and scaler.history == history
-    scaler.update(new_scale=4.0)  # the iteration is still open: a manual scale ends it
-    assert scaler.get_scale() == 4.0 and scaler.history[-1].skipped
+    # the iteration is closed (issue 16, item 7): the next one runs, and raises again
+    p.grad = minimp.tensor(np.ones(3, dtype=np.float32))
+    assert scaler.step(opt) is True
+    scaler.update()
+    assert scaler.get_scale() == 1.0 and scaler.state_dict()["_growth_tracker"] == 1
+    scaler.update(new_scale=4.0)  # a manual scale needs no inf checks, as torch's
+    assert scaler.get_scale() == 4.0
 
 
-def test_the_default_floor_is_float32s_smallest_normal():
-    scaler = GradScaler(init_scale=2.0**-120)
+def test_by_default_the_scale_keeps_halving_below_float32s_normals_as_torchs():
+    """Issue 12, item 8: no floor unless asked for; torch's scale goes on halving."""
+    pair = Pair(init_scale=2.0**-120)
+    for _ in range(10):
+        pair.iteration(INF)
+        assert pair.ours.get_scale() == pair.theirs.get_scale()
+    assert pair.ours.get_scale() == 2.0**-130  # a float32 subnormal, as torch's
+
+
+def test_the_floor_is_an_option_with_its_explanation():
+    scaler = GradScaler(init_scale=2.0**-120, min_scale=2.0**-126)
     p = _param()
     for _ in range(6):
         _drive(scaler, p, INF)
@@ -255,8 +269,7 @@ def test_second_unscale_and_second_step_raise_like_torch():
         scaler.update()
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_16_bit_gradients_are_refused_with_the_fix(dtype):
+def test_float16_gradients_are_refused_with_the_fix(dtype="float16"):
     scaler = GradScaler()
     p = minimp.tensor(np.ones(3), dtype=dtype, requires_grad=True)
     opt = optim.SGD([p], lr=0.1)
@@ -266,6 +279,7 @@ def test_16_bit_gradients_are_refused_with_the_fix(dtype):
     assert "master weights" in str(caught.value) and "float32 parameters" in str(caught.value)
     assert p.grad.numpy()[0] == 1024  # untouched
     p32 = _param()
+    p32.grad = minimp.tensor(np.ones(3, dtype=np.float32))
     scaler.step(optim.SGD([p32], lr=0.1))  # nothing was recorded for the refused optimizer
     assert len(scaler._per_optimizer) == 1
 
@@ -286,6 +300,8 @@ def test_16_bit_gradients_are_refused_with_the_fix(dtype):
         ({"init_scale": math.inf}, "init_scale"),
         ({"init_scale": math.nan}, "init_scale"),
         ({"init_scale": 1e39}, "init_scale"),  # inf in float32
+        ({"init_scale": 1e-40}, "reciprocal"),  # 1/S is inf in float32 (issue 16, item 4)
+        ({"init_scale": 2.0**-129}, "reciprocal"),
         ({"hysteresis": 0}, "hysteresis"),
         ({"min_scale": 2.0, "max_scale": 1.0, "init_scale": 1.5}, "above max_scale"),
         ({"min_scale": 4.0, "init_scale": 2.0}, "below min_scale"),
@@ -386,3 +402,83 @@ def test_static_scaler_skips_on_inf_and_never_changes_its_scale():
     assert set(scaler.history_arrays()["scale"]) == {128.0} and scaler.get_scale() == 128.0
     with pytest.raises(ValueError, match="init_scale"):
         StaticGradScaler(0.0)
+
+
+# ---- faithful to torch (issue 12) and robust (issue 16) --------------------------------
+
+
+def test_bfloat16_gradients_are_unscaled_as_torchs():
+    """Issue 12, item 7: torch refuses only float16 gradients."""
+    values = np.array([3.0, 1e-3, 96.0, -7.5], np.float32)
+    p = minimp.tensor(values, dtype="bfloat16", requires_grad=True)
+    q = torch.tensor(values, dtype=torch.bfloat16, requires_grad=True)
+    ours, theirs = GradScaler(init_scale=3.0), torch.amp.GradScaler("cpu", init_scale=3.0)
+    theirs.scale(torch.ones(()))
+    p.grad = minimp.tensor(values * 3, dtype="bfloat16")
+    q.grad = torch.from_numpy(p.grad.numpy().astype(np.float32)).bfloat16()
+    opt, topt = optim.SGD([p], lr=0.5), torch.optim.SGD([q], lr=0.5)
+    ours.unscale_(opt)
+    theirs.unscale_(topt)
+    assert p.grad.dtype == minimp.bfloat16
+    assert p.grad.numpy().astype(np.float32).tobytes() == q.grad.float().numpy().tobytes()
+
+
+def test_step_with_no_inf_checks_raises_as_torchs():
+    """Issue 12, item 6: no gradients at all is a bug in the loop, not a clean step."""
+    p = _param()
+    opt = optim.SGD([p], lr=0.1)
+    ours, theirs = GradScaler(), torch.amp.GradScaler("cpu")
+    theirs.scale(torch.ones(()))
+    with pytest.raises(AssertionError, match="No inf checks were recorded for this optimizer"):
+        theirs.step(torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1))
+    with pytest.raises(AssertionError, match="No inf checks were recorded for this optimizer"):
+        ours.step(opt)
+    assert p.numpy().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_setters_and_update_with_a_tensor_follow_torch():
+    pair = Pair(growth_interval=3)
+    for scaler in (pair.ours, pair.theirs):
+        scaler.set_growth_factor(4.0)
+        scaler.set_backoff_factor(0.25)
+        scaler.set_growth_interval(2)
+    for kind in (CLEAN, CLEAN, INF, CLEAN, CLEAN, CLEAN):
+        pair.iteration(kind)
+        assert pair.ours.get_scale() == pair.theirs.get_scale()
+    assert pair.ours.get_growth_factor() == 4.0 and pair.ours.get_growth_interval() == 2
+    pair.theirs.update(torch.tensor(8.0))
+    pair.ours.update(minimp.tensor(8.0))
+    assert pair.ours.get_scale() == pair.theirs.get_scale() == 8.0
+    for bad, words in [(minimp.tensor([8.0, 2.0]), "1-element"),
+                       (minimp.tensor(8.0, dtype="float16"), "float32"),
+                       (minimp.tensor(8.0, requires_grad=True), "requires_grad"),
+                       (1e-40, "reciprocal")]:  # fmt: skip
+        with pytest.raises((TypeError, ValueError), match=words):
+            pair.ours.update(bad)
+        assert pair.ours.get_scale() == 8.0
+    with pytest.raises(ValueError, match="growth_factor"):
+        pair.ours.set_growth_factor(0.5)
+    assert pair.ours.get_growth_factor() == 4.0
+
+
+def test_an_exception_in_the_optimizer_step_leaves_the_scaler_ready_for_the_next_step():
+    """Issue 16, item 7: a failing optimizer.step() inside scaler.step() ends the
+    iteration for that optimizer; the next iteration unscales and steps as usual."""
+    p = _param()
+    opt = optim.SGD([p], lr=0.5)
+    scaler = GradScaler(init_scale=4.0)
+    p.grad = minimp.tensor(np.ones(2, dtype=np.float32))  # the wrong shape: step() raises
+    with pytest.raises(ValueError, match="shape"):
+        scaler.step(opt)
+    assert p.numpy().tolist() == [1.0, 1.0, 1.0] and scaler.get_scale() == 4.0
+    p.grad = minimp.tensor(np.full(3, 4.0, dtype=np.float32))
+    assert scaler.step(opt) is True
+    scaler.update()
+    assert p.numpy().tolist() == [0.5, 0.5, 0.5]
+
+
+def test_step_of_something_not_an_optimizer_is_named():
+    with pytest.raises(TypeError, match=r"step\(\) takes an optimizer"):
+        GradScaler().step(None)
+    with pytest.raises(TypeError, match=r"unscale_\(\) takes an optimizer"):
+        GradScaler().unscale_([1, 2])

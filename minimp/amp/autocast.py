@@ -6,13 +6,18 @@ before it runs, by the table ``POLICY``:
 - ``LOWER``: matmul and linear run in the low dtype, the tensor cores' job (inputs cast down);
 - ``FLOAT32``: ops whose range or accumulated rounding error matters (exp, log,
   pow, softmax, log_softmax, sum, the losses) run in float32 (inputs cast up);
-- ``PROMOTE``: binary arithmetic on mixed dtypes runs in the widest, float32;
+- ``PROMOTE``: binary arithmetic on mixed dtypes follows torch's result-type rule:
+  a dimensioned operand's dtype wins over a 0-d one's (``float16[8] + float32[]``
+  is float16, the 0-d value rounded to float16 first); between operands of the same
+  kind the widest wins (float16 with bfloat16 is float32);
 - every other op runs in the dtype of its input.
 
 This is the paper's sec. 3.3 as PyTorch implements it. The float16 copy of a
 float32 parameter (a leaf that requires grad) is made once per region and reused,
-as in PyTorch; its backward casts the gradient back to float32, so the float32
-parameter is, in effect, the master weight.
+as in PyTorch, also under ``no_grad`` (inference casts each weight once); its
+backward casts the gradient back to float32, so the float32 parameter is, in
+effect, the master weight. A copy made under ``no_grad`` has no graph, so it is
+made again (once) when gradients are enabled inside the same region.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from minimp import functional
-from minimp.tensor import Tensor, as_dtype, bfloat16, float16, float32
+from minimp.tensor import Tensor, as_dtype, bfloat16, float16, float32, is_grad_enabled
 
 __all__ = ["FLOAT32", "LOWER", "POLICY", "PROMOTE", "autocast", "policy_table"]
 
@@ -64,7 +69,7 @@ class autocast:
         if self.dtype not in (float16, bfloat16):
             raise ValueError(f"autocast needs float16 or bfloat16, got {self.dtype}")
         self.enabled = enabled
-        self._cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cache: dict[int, tuple[Tensor, Tensor, bool]] = {}
 
     def __enter__(self) -> autocast:
         self._previous = functional.set_autocast_hook(self._cast_inputs if self.enabled else None)
@@ -81,7 +86,8 @@ class autocast:
         if rule == FLOAT32:
             return tuple(t.to(float32) for t in tensors)
         if rule == PROMOTE and len({t.dtype for t in tensors}) > 1:
-            return tuple(t.to(float32) for t in tensors)
+            target = _result_type(tensors)
+            return tuple(t if t.dtype == target else t.to(target) for t in tensors)
         return tensors
 
     def _lower(self, t: Tensor) -> Tensor:
@@ -90,8 +96,20 @@ class autocast:
         if not (t.is_leaf and t.requires_grad):
             return t.to(self.dtype)
         cached = self._cache.get(id(t))
-        # A cached cast is reused until a backward() through it frees its graph link
-        # (gradient accumulation inside one region), then made again.
-        if cached is None or cached[0] is not t or not cached[1]._parents:
-            cached = self._cache[id(t)] = (t, t.to(self.dtype))
+        grad = is_grad_enabled()
+        # A cast made with gradients on is reused until a backward() through it frees its
+        # graph link (gradient accumulation inside one region), then made again; one made
+        # under no_grad (no graph) serves no_grad only.
+        stale = cached is None or cached[0] is not t
+        stale = stale or (bool(cached[1]._parents) if grad else cached[2]) != grad
+        if stale:
+            cached = self._cache[id(t)] = (t, t.to(self.dtype), grad)
         return cached[1]
+
+
+def _result_type(tensors: tuple[Tensor, ...]) -> Any:
+    """torch's result type for floating operands: dimensioned tensors before 0-d ones,
+    then the widest (two different 16-bit formats meet in float32)."""
+    dimensioned = [t.dtype for t in tensors if t.data.ndim > 0]
+    dtypes = set(dimensioned) if dimensioned else {t.dtype for t in tensors}
+    return dtypes.pop() if len(dtypes) == 1 else float32

@@ -8,13 +8,20 @@ too large some gradient overflows to inf: that step is skipped, which costs one
 iteration and nothing else.
 
 ``GradScaler`` chooses S dynamically, with exactly ``torch.amp.GradScaler``'s float32
-arithmetic, plus Megatron-LM's hysteresis, Apex's cap and a floor that explains itself.
+arithmetic. torch-identical: the interface, the default trajectory (no floor: the scale
+keeps halving, below 1 and into float32's subnormals, as torch's), the errors on a second
+unscale_/step and on a step with no inf checks, the float16-only refusal in unscale_, the
+setters and ``update(new_scale)``. minimp's additions, off by default or invisible to a
+torch loop: Megatron-LM's hysteresis, Apex's ``max_scale``, an optional floor
+(``min_scale``) that raises ``LossScaleUnderflowError`` with its explanation, ``step``
+returning whether the optimizer stepped, and the ``history``.
 ``StaticGradScaler`` is the paper's constant scale. Both keep a ``history``, one
 ``ScaleRecord`` per iteration, for the plots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minimp import backend
-from minimp.tensor import Tensor, float32, ieee
+from minimp.tensor import Tensor, compute, float16, float32, ieee, round_to_dtype
 
 if TYPE_CHECKING:  # amp sits below optim in the layers: a type hint, not an import
     from minimp.optim import Optimizer
@@ -36,7 +43,6 @@ __all__ = [
     "StaticGradScaler",
 ]
 
-FLOAT32_MIN_NORMAL = 2.0**-126  # the default floor: a scale this small means the run is dead
 _TORCH_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
 
 
@@ -74,7 +80,9 @@ class LossScaleUnderflowError(RuntimeError):
             "diverged; an op overflowing float16 (above 65504) in the forward pass (keep exp, "
             "softmax, norms and losses in float32, as autocast does). Check, in this order: is "
             "the unscaled loss finite, are the weights finite, which parameters have non-finite "
-            "gradients after scaler.unscale_(optimizer). The scaler's state is unchanged."
+            "gradients after scaler.unscale_(optimizer). The scale and its trackers are "
+            "unchanged; this iteration's inf checks are dropped, so the next iteration "
+            "starts afresh (or call scaler.update(new_scale) to choose a scale yourself)."
         )
 
 
@@ -94,7 +102,7 @@ class ScalerConfig:
 
     ``hysteresis`` comes from Megatron-LM / DeepSpeed, ``max_scale`` from Apex (which
     uses 2**24), ``min_scale`` from Megatron-LM / DeepSpeed / jmp (here it raises
-    rather than clamps; None means float32's smallest normal, 2**-126).
+    rather than clamps; None means no floor, as torch).
     """
 
     growth_factor: float = 2.0
@@ -138,6 +146,12 @@ class ScalerConfig:
         """``value`` as a float32 scale, or a ValueError saying why it cannot be one."""
         if not (_is_real(value) and value > 0 and 0 < _f32(value) < math.inf):
             raise ValueError(f"{name} must be a positive finite float32 number, got {value!r}")
+        with ieee():
+            if not np.isfinite(np.float32(1.0 / _f32(value))):
+                raise ValueError(
+                    f"{name} {value!r} is too small: its reciprocal, which unscale_ multiplies "
+                    "the gradients by, overflows float32 (the scale must be at least 2**-128)"
+                )
         if self.min_scale is not None and value < self.min_scale:
             raise ValueError(f"{name} {value} is below min_scale {self.min_scale}")
         if self.max_scale is not None and _f32(value) > self.max_scale:
@@ -150,6 +164,27 @@ class _OptimizerState:
     stage: str = "ready"  # "ready" -> "unscaled" -> "stepped"; update() starts afresh
     found_inf: bool = False
     ran: bool | None = None
+    checked: bool = False  # some gradient was checked for inf/NaN (torch: found_inf_per_device)
+
+
+def _check_optimizer(method: str, optimizer: Any) -> None:
+    if not isinstance(getattr(optimizer, "param_groups", None), list):
+        raise TypeError(
+            f"{method}() takes an optimizer (minimp.optim.SGD, Adam, ...), got "
+            f"{type(optimizer).__name__}: pass the optimizer that holds the parameters"
+        )
+
+
+def _scale_value(new_scale: Any) -> Any:
+    """``update(new_scale)`` takes a number or, as torch, a 1-element float32 tensor."""
+    if not isinstance(new_scale, Tensor):
+        return new_scale
+    if new_scale.size != 1 or new_scale.dtype != float32 or new_scale.requires_grad:
+        raise ValueError(
+            "new_scale should be a float or a 1-element float32 Tensor with "
+            f"requires_grad=False (torch's rule), got {new_scale!r}"
+        )
+    return float(new_scale.numpy().reshape(()))
 
 
 class GradScaler:
@@ -172,7 +207,7 @@ class GradScaler:
             hysteresis_tracker -= 1
             if hysteresis_tracker <= 0:    # always, when hysteresis == 1 (PyTorch)
                 S = f32(S * backoff_factor)
-                if S < (min_scale or 2**-126): raise LossScaleUnderflowError
+                if min_scale and S < min_scale: raise LossScaleUnderflowError
         else:
             growth_tracker += 1
             if growth_tracker == growth_interval:
@@ -230,6 +265,7 @@ class GradScaler:
         """
         if not self._enabled:
             return
+        _check_optimizer("unscale_", optimizer)
         state = self._per_optimizer.get(id(optimizer), _OptimizerState())
         if state.stage == "unscaled":
             raise RuntimeError(
@@ -240,7 +276,7 @@ class GradScaler:
             raise RuntimeError("unscale_() is being called after step().")
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         for grad in grads:
-            if grad.dtype != float32:
+            if grad.dtype == float16:
                 raise ValueError(
                     f"Attempting to unscale {grad.dtype} gradients (PyTorch: 'Attempting to "
                     f"unscale FP16 gradients.'). Unscaling brings back exactly the tiny values "
@@ -261,9 +297,12 @@ class GradScaler:
                 finite.append(xp.isfinite(grad.data).all())
                 # A new array, not in place: two parameters' gradients may share one array
                 # (the backward of a + b hands the same array to both).
-                grad.data = grad.data * inv_scale
+                if grad.dtype == float32:
+                    grad.data = grad.data * inv_scale
+                else:  # bfloat16: in float32, rounded once, as torch's kernel does
+                    grad.data = round_to_dtype(compute(grad.data) * inv_scale, grad.dtype)
         found_inf = bool(finite) and not all(bool(f) for f in _on_one_device(finite))
-        state.stage, state.found_inf = "unscaled", found_inf
+        state.stage, state.found_inf, state.checked = "unscaled", found_inf, bool(grads)
         self._per_optimizer[id(optimizer)] = state
 
     def step(self, optimizer: Optimizer) -> bool:
@@ -272,6 +311,7 @@ class GradScaler:
         Returns True when the optimizer step ran, False when it was skipped (also in
         ``last_step_ran``); PyTorch returns ``optimizer.step()``'s value instead.
         """
+        _check_optimizer("step", optimizer)
         if not self._enabled:
             optimizer.step()
             self.last_step_ran = True
@@ -282,9 +322,20 @@ class GradScaler:
         if state.stage == "ready":
             self.unscale_(optimizer)
             state = self._per_optimizer[id(optimizer)]
+        if not state.checked:
+            raise AssertionError(
+                "No inf checks were recorded for this optimizer. (torch's words: none of "
+                "its parameters has a gradient; run scaler.scale(loss).backward() first)"
+            )
         state.ran = not state.found_inf
         if state.ran:
-            optimizer.step()
+            try:
+                optimizer.step()
+            except BaseException:
+                # The iteration ends here for this optimizer, so that the next one
+                # unscales its new gradients and steps as usual (issue 16, item 7).
+                del self._per_optimizer[id(optimizer)]
+                raise
         state.stage = "stepped"
         self.last_step_ran = state.ran
         return state.ran
@@ -299,7 +350,7 @@ class GradScaler:
         states = list(self._per_optimizer.values())
         found_inf = any(s.found_inf for s in states)
         if new_scale is not None:  # as PyTorch: the trackers stay as they are
-            scale = self.config.check_scale("new_scale", new_scale)
+            scale = self.config.check_scale("new_scale", _scale_value(new_scale))
             growth, hysteresis = self._growth_tracker, self._hysteresis_tracker
         elif not states:
             raise RuntimeError(
@@ -307,7 +358,11 @@ class GradScaler:
                 "each optimizer before scaler.update()"
             )
         else:
-            scale, growth, hysteresis = self._next(found_inf)
+            try:
+                scale, growth, hysteresis = self._next(found_inf)
+            except LossScaleUnderflowError:
+                self._per_optimizer = {}  # the iteration is over; scale and trackers stay
+                raise
         skipped = any(s.ran is False for s in states)
         self.history.append(ScaleRecord(self._step, self._scale, found_inf, skipped))
         self._scale, self._growth_tracker, self._hysteresis_tracker = scale, growth, hysteresis
@@ -322,8 +377,8 @@ class GradScaler:
             hysteresis, scale = self._hysteresis_tracker - 1, self._scale
             if hysteresis <= 0:
                 scale = _f32(self._scale * c.backoff_factor)  # float64 product, as PyTorch
-                floor = FLOAT32_MIN_NORMAL if c.min_scale is None else c.min_scale
-                if scale < floor:
+                floor = c.min_scale
+                if floor is not None and scale < floor:
                     raise LossScaleUnderflowError(
                         self._scale, scale, floor, self._overflow_streak + 1
                     )
@@ -352,6 +407,15 @@ class GradScaler:
 
     def get_growth_interval(self) -> int:
         return self.config.growth_interval
+
+    def set_growth_factor(self, new_factor: float) -> None:
+        self.config = dataclasses.replace(self.config, growth_factor=new_factor)
+
+    def set_backoff_factor(self, new_factor: float) -> None:
+        self.config = dataclasses.replace(self.config, backoff_factor=new_factor)
+
+    def set_growth_interval(self, new_interval: int) -> None:
+        self.config = dataclasses.replace(self.config, growth_interval=new_interval)
 
     def history_arrays(self) -> dict[str, np.ndarray]:
         """``history`` as NumPy arrays: "step", "scale", "found_inf", "skipped"."""
