@@ -39,7 +39,7 @@ import minimp
 import minimp.figures
 from minimp import formats, inspect
 from minimp.formats import FLOAT16
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import Run, TrainConfig
 
 STEPS = 600 if QUICK else 2000  # training steps ("late" = the end); 2000 is the README's run
@@ -232,7 +232,7 @@ print(
 )
 print(f"late, {late_activation_flushed:.1%} of all nonzero activation gradients would flush")
 measured(median_log2=median_log2, late_activation_flushed=late_activation_flushed)
-fig
+show(fig)
 
 # %% [markdown]
 # The whole distribution moves to the left, by several binades, and late in training a
@@ -330,7 +330,7 @@ measured(
     histogram_window=[w_low, w_high],
     histogram_settled=settled,
 )
-fig
+show(fig)
 
 # %% [markdown]
 # The black histogram (S = 1) has a sizeable share of its mass left of 2^-24; the blue
@@ -374,7 +374,7 @@ for name, v in over_time.items():
     )
 print(f"({len({r['step'] for r in records})} recorded steps)")
 measured(layer_over_time=over_time)
-fig
+show(fig)
 
 # %% [markdown]
 # In every layer the flushed share starts near zero and grows as the loss falls. The

@@ -42,7 +42,7 @@ import minimp.train
 from minimp import formats, nn, optim
 from minimp.amp import MasterWeights
 from minimp.formats import FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 
 K_SWEEP = range(6, 15)  # updates u = 2^-k tried on the weight w = 1.0
 WEIGHTS = (0.01, 0.1, 0.3, 0.7, 1.0, 3.0, 10.0, 100.0, 1000.0)  # weights whose threshold we find
@@ -319,7 +319,7 @@ figure_matches = (
 )
 print("the figure's single-weight experiment gives the same numbers as section 3:", figure_matches)
 measured(figure_matches_section_3=figure_matches)
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. What pure float16 costs

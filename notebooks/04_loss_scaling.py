@@ -40,7 +40,7 @@ import minimp.functional as F
 from minimp import data, inspect, nn, optim, plots
 from minimp.amp import GradScaler, LossScaleUnderflowError, MasterWeights, StaticGradScaler
 from minimp.formats import FLOAT16
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import Run, TrainConfig
 
 SEED = 0  # initialisation and data order of every model below
@@ -471,7 +471,7 @@ fig = plots.loss_scale_trace(
     f"the dynamic scale backs off, the static one never trains",
 )
 save_figure(fig, "04_overflow")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. The scale over a real run
@@ -500,7 +500,7 @@ print(
     f"2^{math.log2(max(dynamic_h.scale)):.0f}, ending at 2^{math.log2(dynamic_h.scale[-1]):.0f}; "
     f"{len(skipped_at)} skipped steps, at {skipped_at}"
 )
-fig
+show(fig)
 
 # %% [markdown]
 # The static scale never moves. The dynamic one doubles after each `growth_interval`

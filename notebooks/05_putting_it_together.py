@@ -43,7 +43,7 @@ import minimp.figures
 import minimp.inspect
 from minimp import formats
 from minimp.formats import BFLOAT16, FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import LARGE_BATCH_ADAM, REGIMES, Run, TrainConfig
 
 CONFIG = TrainConfig()  # the README's digits setting: MLP 64-128-128-10, SGD, 2000 steps
@@ -200,7 +200,7 @@ measured(
 # %%
 fig, _ = minimp.figures.figure_regimes(results)
 save_figure(fig, "regimes")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. What the paper predicts, and what this network shows
@@ -324,7 +324,7 @@ totals = {name: sum(m.values()) for name, m in memory.items()}
 for name, total in totals.items():
     print(f"{name:14} {total:>9,} bytes  ({total / totals['fp32']:.2f} x fp32)")
 measured(memory_totals=totals)
-fig
+show(fig)
 
 # %% [markdown]
 # Pure fp16 holds about half of fp32's bytes: everything is stored in 2 bytes instead

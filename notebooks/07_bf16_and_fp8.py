@@ -44,7 +44,7 @@ import numpy as np
 from minimp import data, formats, inspect, plots
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32
 from minimp.fp8 import Fp8Linear, TensorScaling
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.tensor import no_grad, tensor
 from minimp.train import BEYOND_FP16, LARGE_BATCH_ADAM, Run, TrainConfig
 
@@ -457,7 +457,7 @@ print(
     + ", ".join(f"{name} {v:.2%}" for name, v in forward_flushed.items())
 )
 measured(role_log2_amax=role_log2_amax, forward_flushed=forward_flushed)
-fig
+show(fig)
 
 # %% [markdown]
 # The three roles sit in different bands: inputs and weights within a few binades of 1,
@@ -548,7 +548,7 @@ fig = plots.regimes_compared(
     title=f"fp8 matmuls on large-batch Adam ({FP8_CONFIG.steps} steps, one seed)",
 )
 save_figure(fig, "07_fp8_training")
-fig
+show(fig)
 
 # %% [markdown]
 # The unscaled run falls behind as its gradients vanish: its final training loss ends

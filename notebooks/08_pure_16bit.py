@@ -51,7 +51,7 @@ import minimp.inspect
 import minimp.plots
 from minimp import optim
 from minimp.formats import BFLOAT16
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import ALL_REGIMES, Run, TrainConfig
 
 REGIMES = ("fp32", "bf16", "bf16-pure", "bf16-sr", "bf16-kahan")  # the five runs of section 3
@@ -272,7 +272,7 @@ trace = {
 }
 fig = minimp.plots.one_weight_rounding(trace, ulp)
 save_figure(fig, "08_one_weight")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 3. A real network, five ways
@@ -423,7 +423,7 @@ fig = minimp.plots.pure16(
     per_param,
 )
 save_figure(fig, "pure16")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. What the papers found

@@ -9,9 +9,8 @@ import jupytext
 import nbformat
 import pytest
 from conftest import lesson_env
-from nbclient import NotebookClient
 
-from minimp.lessons import NOTEBOOKS, lesson_paths
+from minimp.lessons import execute_notebook, lesson_paths, notebook_from_script
 
 LESSONS = lesson_paths()
 IDS = [p.stem for p in LESSONS]
@@ -39,13 +38,19 @@ def test_notebook_is_in_sync_with_its_script(path):
     )
 
 
+def plot_cells(notebook):
+    """The code cells that draw a figure: those that save one."""
+    return [c for c in notebook.cells if c.cell_type == "code" and "save_figure(" in c.source]
+
+
 @pytest.mark.parametrize("path", LESSONS, ids=IDS)
-def test_lesson_runs_as_a_notebook(path, tmp_path, monkeypatch):
+def test_lesson_runs_as_a_notebook_and_shows_every_plot(path, tmp_path, monkeypatch):
     for key, value in lesson_env(tmp_path).items():
         monkeypatch.setenv(key, value)
-    notebook = nbformat.read(path.with_suffix(".ipynb"), as_version=4)
-    client = NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": NOTEBOOKS}}
-    )
-    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    notebook = execute_notebook(notebook_from_script(path))
     assert os.path.exists(tmp_path / "results.json")
+    cells = plot_cells(notebook)
+    assert cells, "the lesson draws no figure"
+    for cell in cells:
+        kinds = [kind for out in cell.outputs for kind in out.get("data", {})]
+        assert "image/png" in kinds, f"this plot cell shows no image in Jupyter:\n{cell.source}"
