@@ -22,8 +22,6 @@ from typing import Any
 from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 
-from minimp.figures import DPI, FIGURES_DIR
-
 __all__ = ["FIGURES", "NOTEBOOKS", "QUICK", "lesson_paths", "measured", "save_figure", "show"]
 
 # The lessons' matmuls are tiny (64x128 at batch 64): with two BLAS threads they spend
@@ -35,9 +33,14 @@ _blas_limit = threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 
 # MINIMP_QUICK=1: the tests run each lesson shortened (fewer steps and seeds).
 QUICK = os.environ.get("MINIMP_QUICK") == "1"
+# In a checkout the lessons are notebooks/ beside the package, and their figures go to
+# figures/ there; without one (an installed package), figures go to ./figures.
+CHECKOUT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = CHECKOUT / "notebooks"
+FIGURES_DIR = CHECKOUT / "figures" if NOTEBOOKS.is_dir() else Path.cwd() / "figures"
 # Where lessons save their figures (the tests point this at a temporary folder).
 FIGURES = Path(os.environ.get("MINIMP_FIGURES") or FIGURES_DIR)
-NOTEBOOKS = FIGURES_DIR.parent / "notebooks"
+DPI = 110
 
 
 # PNG text chunks that would change from one run or machine to the next: dropped, so
@@ -78,16 +81,16 @@ def show(fig: Figure) -> None:
     display({"image/png": png, "text/plain": label}, raw=True)
 
 
-def measured(**values: Any) -> dict[str, Any]:
+def measured(**values: Any) -> None:
     """Record numbers the lesson's text relies on. With MINIMP_RESULTS set (by the
-    tests), they are added to that JSON file; otherwise this only returns them."""
+    tests), they are added to that JSON file; otherwise this does nothing. It returns
+    None, so a cell that ends with it echoes nothing in Jupyter."""
     target = os.environ.get("MINIMP_RESULTS")
     if target:
         path = Path(target)
         known = json.loads(path.read_text()) if path.exists() else {}
         known.update({k: _plain(v) for k, v in values.items()})
         path.write_text(json.dumps(known, indent=1))
-    return values
 
 
 def _plain(value: Any) -> Any:

@@ -35,8 +35,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import minimp
-import minimp.figures
-from minimp import formats
+from minimp import formats, plots
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32, FORMATS
 from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.plots import COLORS
@@ -168,7 +167,7 @@ measured(
 # The number line shows where each format can hold a value (figure `number_line`):
 
 # %%
-fig, _ = minimp.figures.figure_number_line()
+fig = plots.number_line(FORMATS)
 save_figure(fig, "number_line")
 show(fig)
 
