@@ -45,8 +45,8 @@ from minimp.lessons import QUICK, measured, save_figure, show
 
 K_SWEEP = range(6, 15)  # updates u = 2^-k tried on the weight w = 1.0
 WEIGHTS = (0.01, 0.1, 0.3, 0.7, 1.0, 3.0, 10.0, 100.0, 1000.0)  # weights whose threshold we find
-UPDATE = 1e-4  # the small update of section 3 (the one figure_master_weights draws)
-N_UPDATES = 2000  # how many times it is applied (as in figure_master_weights)
+UPDATE = 1e-4  # the small update of section 3 (the one the master_weights figure draws)
+N_UPDATES = 2000  # how many times it is applied (the figure draws every one)
 REGIMES = ("fp32", "fp16", "mixed-dynamic")  # the runs compared in sections 4-6
 CONFIG = minimp.train.TrainConfig()  # the digits MLP of the README: SGD + momentum, 2000 steps
 if QUICK:
