@@ -2,11 +2,11 @@
 
 python -m minimp            run every lesson in notebooks/ (redraws the figures)
 python -m minimp lessons 02 run the lessons whose names start with 02
-python -m minimp notebooks  regenerate each lesson's .ipynb from its .py
+python -m minimp notebooks  regenerate each lesson's .ipynb from its .py and execute it
 python -m minimp demo       a short tour of the engine, every number measured
 python -m minimp policies   print each regime's precision policy (no training)
 python -m minimp regimes    train the precision regimes side by side (README tables)
-python -m minimp figures    measure and redraw the README's figures
+python -m minimp figures    run every lesson, each of which redraws its own figures
 python -m minimp bench      step time and memory per regime, against NumPy and PyTorch
 """
 
@@ -135,10 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     run_regimes.add_argument(
         "--setting", choices=["default", "large-batch-adam"], default="default"
     )
-    commands.add_parser("figures", help="measure and redraw every figure in figures/")
+    commands.add_parser("figures", help="run every lesson: each redraws its figures in figures/")
     run_lessons = commands.add_parser("lessons", help="run lessons as scripts (default: all)")
     run_lessons.add_argument("names", nargs="*", help="lesson name prefixes, e.g. 01 03")
-    commands.add_parser("notebooks", help="regenerate each lesson's .ipynb from its .py")
+    run_notebooks = commands.add_parser(
+        "notebooks", help="regenerate and execute each lesson's .ipynb (redraws the figures)"
+    )
+    run_notebooks.add_argument(
+        "--no-execute", action="store_true", help="only regenerate the cells, without outputs"
+    )
     run_bench = commands.add_parser(
         "bench", help="time and measure every regime, with hand-written NumPy and PyTorch"
     )
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"argument --json: cannot write {args.json}: {folder} is not a writable folder"
             )
-    if args.command in (None, "lessons"):
+    if args.command in (None, "lessons", "figures"):
         from minimp import lessons
 
         names = getattr(args, "names", [])
@@ -166,15 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "notebooks":
         from minimp import lessons
 
-        for path in lessons.write_notebooks():
+        for path in lessons.write_notebooks(execute=not args.no_execute):
             print(f"wrote {path}")
     elif args.command == "demo":
         demo(steps=args.steps)
-    elif args.command == "figures":
-        from minimp import figures
-
-        figures.make_all()
-        print(f"wrote {len(figures.FIGURES)} figures to {figures.FIGURES_DIR}")
     elif args.command == "policies":
         from minimp.regimes import regime_table
 

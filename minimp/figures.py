@@ -1,71 +1,25 @@
-"""Every figure in ``figures/``, measured afresh: ``python -m minimp figures``.
+"""Figure recipes that a lesson calls on what it measured.
 
-Each ``figure_*`` function trains or measures what its figure shows (on the
-shipped digits, with the documented defaults of ``train.TrainConfig``) and
-returns the matplotlib Figure together with the numbers it drew, so a lesson or a
-test can use both. ``make_all`` writes them all as PNGs, in about a minute.
+Each figure in ``figures/`` is drawn by exactly one lesson (``python -m minimp
+figures`` runs them all); the ``figure_*`` functions here are the longer recipes a
+lesson hands its runs to, each called by one lesson only. Each returns the
+matplotlib Figure together with the numbers it drew, so the lesson can print and
+check them beside its prose.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from minimp import data, experiments, formats, memory, nn, optim, plots, stats
-from minimp.amp import MasterWeights
-from minimp.tensor import float16, tensor
+from minimp import data, formats, memory, plots, stats
 from minimp.train import REGIMES, Run, TrainConfig
-
-__all__ = ["FIGURES", "make_all"]
-
-FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
-DPI = 110
 
 
 def figure_number_line() -> tuple[Figure, dict]:
     return plots.number_line(), {}
-
-
-def figure_master_weights(results: dict) -> tuple[Figure, dict]:
-    """A float16 weight of 1.0 fed 2000 updates of -1e-4 (a fifth of its half-ulp,
-    2^-11), beside the same updates applied to a float32 master; and, from the
-    regime runs, the share of updates each regime's optimizer rounded away."""
-    steps, update = 2000, 1e-4
-    pure = nn.Linear(1, 1, bias=False, dtype=float16)
-    mixed = nn.Linear(1, 1, bias=False, dtype=float16)
-    for layer in (pure, mixed):
-        layer.weight.data[...] = 1.0
-    masters = MasterWeights(mixed)
-    sgd_pure = optim.SGD(pure.parameters(), lr=update)
-    sgd_master = optim.SGD(masters.parameters(), lr=update)
-    trace: dict[str, list[float]] = {"float16": [], "master": [], "float16_copy": []}
-    for _ in range(steps):
-        for layer in (pure, mixed):
-            layer.weight.grad = tensor([[-1.0]], dtype=float16)
-        sgd_pure.step()
-        masters.copy_grads_to_masters()
-        sgd_master.step()
-        masters.copy_masters_to_model()
-        trace["float16"].append(pure.weight.item())
-        trace["master"].append(masters.masters[0].item())
-        trace["float16_copy"].append(mixed.weight.item())
-    arrays = {k: np.array(v) for k, v in trace.items()}
-    arrays["step"] = np.arange(1, steps + 1)
-    arrays["exact"] = 1.0 + update * arrays["step"]
-    lost = {
-        name: np.array(runs[0][0].lost_updates)
-        for name, runs in results.items()
-        if name in ("fp32", "fp16", "mixed-dynamic")
-    }
-    numbers = {
-        "float16_final": float(arrays["float16"][-1]),
-        "master_final": float(arrays["master"][-1]),
-        "exact_final": float(arrays["exact"][-1]),
-    }
-    return plots.master_weights(arrays, lost), numbers
 
 
 def figure_underflow_histogram(run: Run) -> tuple[Figure, dict]:
@@ -138,37 +92,3 @@ def _with(config: TrainConfig, **changes: Any) -> TrainConfig:
     from dataclasses import replace
 
     return replace(config, **changes)
-
-
-FIGURES = (
-    "number_line",
-    "underflow_histogram",
-    "layer_underflow",
-    "loss_scale",
-    "master_weights",
-    "regimes",
-    "memory",
-)
-
-
-def make_all(out_dir: Path = FIGURES_DIR, config: TrainConfig = TrainConfig(), seeds=(0, 1, 2)):
-    """Measure and draw every figure into ``out_dir``; returns the numbers drawn."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    digits = data.load_digits()
-    results = experiments.compare_regimes(digits, config, tuple(REGIMES), seeds=seeds)
-    dynamic = Run("mixed-dynamic", digits, config)
-    dynamic.train()
-    made = {
-        "number_line": figure_number_line(),
-        "underflow_histogram": figure_underflow_histogram(dynamic),
-        "layer_underflow": figure_layer_underflow(config),
-        "loss_scale": figure_loss_scale(results),
-        "master_weights": figure_master_weights(results),
-        "regimes": figure_regimes(results),
-        "memory": figure_memory(config),
-    }
-    numbers = {}
-    for name, (fig, values) in made.items():
-        fig.savefig(out_dir / f"{name}.png", dpi=DPI)
-        numbers[name] = values
-    return numbers

@@ -11,6 +11,8 @@ code that makes it.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import runpy
@@ -18,35 +20,77 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
 
-from minimp.figures import DPI, FIGURES_DIR
+__all__ = ["FIGURES", "NOTEBOOKS", "QUICK", "lesson_paths", "measured", "save_figure", "show"]
 
-__all__ = ["FIGURES", "NOTEBOOKS", "QUICK", "lesson_paths", "measured", "save_figure"]
+# The lessons' matmuls are tiny (64x128 at batch 64): with two BLAS threads they spend
+# their time handing work between threads, and collapse when anything else runs on the
+# machine (lesson 02 took 262 s instead of 11 s beside one busy process). One thread,
+# for every lesson that imports this module; MINIMP_BLAS_THREADS overrides it.
+BLAS_THREADS = int(os.environ.get("MINIMP_BLAS_THREADS") or 1)
+_blas_limit = threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 
 # MINIMP_QUICK=1: the tests run each lesson shortened (fewer steps and seeds).
 QUICK = os.environ.get("MINIMP_QUICK") == "1"
+# In a checkout the lessons are notebooks/ beside the package, and their figures go to
+# figures/ there; without one (an installed package), figures go to ./figures.
+CHECKOUT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = CHECKOUT / "notebooks"
+FIGURES_DIR = CHECKOUT / "figures" if NOTEBOOKS.is_dir() else Path.cwd() / "figures"
 # Where lessons save their figures (the tests point this at a temporary folder).
 FIGURES = Path(os.environ.get("MINIMP_FIGURES") or FIGURES_DIR)
-NOTEBOOKS = FIGURES_DIR.parent / "notebooks"
+DPI = 110
+
+
+# PNG text chunks that would change from one run or machine to the next: dropped, so
+# a figure redrawn from the same numbers has the same bytes.
+_PNG_METADATA = {"Software": None}
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes, rendered by Agg (no window, no pyplot) the same way every time."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata=_PNG_METADATA)
+    return buffer.getvalue()
 
 
 def save_figure(fig: Figure, name: str) -> Path:
     FIGURES.mkdir(parents=True, exist_ok=True)
     path = FIGURES / f"{name}.png"
-    fig.savefig(path, dpi=DPI)
+    path.write_bytes(png_bytes(fig))
     return path
 
 
-def measured(**values: Any) -> dict[str, Any]:
+def show(fig: Figure) -> None:
+    """Show a figure inline when the lesson runs in Jupyter; do nothing as a script.
+
+    The lessons build figures without pyplot (no window opens, nothing global), and
+    Jupyter only draws a bare ``Figure`` when pyplot's inline backend has registered a
+    PNG formatter for it. So the PNG is rendered here and handed to the notebook."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # no IPython: a plain script
+        return
+    if get_ipython() is None:
+        return
+    png = base64.b64encode(png_bytes(fig)).decode("ascii")
+    width, height = fig.get_size_inches()
+    label = f"<Figure size {width * DPI:.0f}x{height * DPI:.0f} with {len(fig.axes)} Axes>"
+    display({"image/png": png, "text/plain": label}, raw=True)
+
+
+def measured(**values: Any) -> None:
     """Record numbers the lesson's text relies on. With MINIMP_RESULTS set (by the
-    tests), they are added to that JSON file; otherwise this only returns them."""
+    tests), they are added to that JSON file; otherwise this does nothing. It returns
+    None, so a cell that ends with it echoes nothing in Jupyter."""
     target = os.environ.get("MINIMP_RESULTS")
     if target:
         path = Path(target)
         known = json.loads(path.read_text()) if path.exists() else {}
         known.update({k: _plain(v) for k, v in values.items()})
         path.write_text(json.dumps(known, indent=1))
-    return values
 
 
 def _plain(value: Any) -> Any:
@@ -69,16 +113,72 @@ def run_lesson(path: Path) -> None:
     runpy.run_path(str(path), run_name="__main__")
 
 
-def write_notebooks() -> list[Path]:
-    """Regenerate every ``.ipynb`` from its script (the script is the source)."""
+# A cell tagged "timing" (``# %% tags=["timing"]`` in the script) prints wall times:
+# its outputs change from run to run, so a fresh execution is compared with the
+# committed notebook only by the kinds of output it makes, not their content.
+TIMING_TAG = "timing"
+# Notebook metadata kept: what Jupyter needs to open it and how it pairs with its
+# script. The rest (language_info's versions, widget state) changes with the machine.
+_KEPT_METADATA = ("kernelspec", "jupytext")
+
+
+def notebook_from_script(script: Path):
+    """The notebook of a lesson's script, with stable cell ids (regenerating changes nothing)."""
     import jupytext
+
+    notebook = jupytext.read(script)
+    for i, cell in enumerate(notebook.cells):
+        cell["id"] = f"cell-{i}"
+    return notebook
+
+
+def execute_notebook(notebook, timeout: int = 900):
+    """Run every cell in a fresh kernel (its cwd is notebooks/), outputs in place,
+    then drop everything that would change on a rerun but the timing cells' output."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        coalesce_streams=True,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    notebook.metadata = {k: notebook.metadata[k] for k in _KEPT_METADATA if k in notebook.metadata}
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)
+    return notebook
+
+
+def comparable_outputs(notebook) -> list:
+    """Each code cell's outputs as compared between two executions: in full, except a
+    timing cell's, of which only the kinds of output (stream name, MIME types) count."""
+    cells = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = [_plain(dict(out)) for out in cell.outputs]
+        if TIMING_TAG in cell.metadata.get("tags", []):
+            outputs = [[out.get("name"), sorted(out.get("data", {}))] for out in outputs]
+        cells.append((cell.source, outputs))
+    return cells
+
+
+def write_notebooks(execute: bool = True) -> list[Path]:
+    """Regenerate every ``.ipynb`` from its script (the script is the source) and, by
+    default, execute it so the committed notebook shows every output and plot. The
+    lessons save their figures as they run, so this pass also redraws ``figures/``."""
+    import nbformat
 
     written = []
     for script in lesson_paths():
-        notebook = jupytext.read(script)
-        for i, cell in enumerate(notebook.cells):  # stable ids: regenerating changes nothing
-            cell["id"] = f"cell-{i}"
+        print(f"{script.name} ...", flush=True)
+        notebook = notebook_from_script(script)
+        if execute:
+            execute_notebook(notebook)
         target = script.with_suffix(".ipynb")
-        jupytext.write(notebook, target)
+        nbformat.write(notebook, target)
         written.append(target)
     return written

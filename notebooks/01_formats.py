@@ -35,10 +35,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import minimp
-import minimp.figures
-from minimp import formats
+from minimp import formats, plots
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32, FORMATS
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.plots import COLORS
 
 SEED = 0  # every random array below
@@ -168,9 +167,9 @@ measured(
 # The number line shows where each format can hold a value (figure `number_line`):
 
 # %%
-fig, _ = minimp.figures.figure_number_line()
+fig = plots.number_line(FORMATS)
 save_figure(fig, "number_line")
-fig
+show(fig)
 
 # %% [markdown]
 # The ulp grows with the number. In float16 (`np.spacing` gives the gap to the next
@@ -485,7 +484,7 @@ ax.set_title("float16 matmul: where the sum is kept matters", fontsize=11)
 ax.grid(alpha=0.3, which="both")
 ax.legend(fontsize=9)
 save_figure(fig, "01_accumulation")
-fig
+show(fig)
 
 # %% [markdown]
 # ## What we measured

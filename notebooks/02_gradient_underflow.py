@@ -37,9 +37,9 @@ from matplotlib.figure import Figure
 
 import minimp
 import minimp.figures
-from minimp import formats, inspect
+from minimp import formats, stats
 from minimp.formats import FLOAT16
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import Run, TrainConfig
 
 STEPS = 600 if QUICK else 2000  # training steps ("late" = the end); 2000 is the README's run
@@ -102,16 +102,16 @@ measured(
 # A flushed float16 gradient is simply 0, so a float16 run cannot tell us what it
 # lost. We do what the paper did for its Figure 3 (sec. 3.2): train in float32 and
 # ask what a cast to float16 *would* do to the float32 gradients.
-# `minimp.inspect.float32_gradients` runs one batch forward and backward through a
+# `minimp.stats.float32_gradients` runs one batch forward and backward through a
 # float32 copy of the model and returns every Linear layer's activation and weight
 # gradient, as float32 arrays. We take them after a few steps, and at the end.
 
 # %%
 run = Run("fp32", digits, CONFIG)
 run.train(EARLY)
-early = inspect.float32_gradients(run.model, run.model.parameters(), x_batch, y_batch)
+early = stats.float32_gradients(run.model, run.model.parameters(), x_batch, y_batch)
 run.train()  # the remaining steps
-late = inspect.float32_gradients(run.model, run.model.parameters(), x_batch, y_batch)
+late = stats.float32_gradients(run.model, run.model.parameters(), x_batch, y_batch)
 
 accuracy_fp32 = run.history.test_accuracy[-1]
 print(f"trained {run.steps_done} steps in float32: test accuracy {accuracy_fp32:.2%}")
@@ -209,7 +209,7 @@ for when, grads, steps, color in (
     ("late", late, STEPS, "#0072B2"),
 ):
     values = activations_of(grads)
-    hist = inspect.log2_histogram(values, edges)
+    hist = stats.log2_histogram(values, edges)
     share = hist["counts"] / (values.size - hist["zeros"])  # of all nonzero values
     ax.stairs(share, edges, color=color, lw=2, label=f"{when} (after {steps} steps)")
 ax.axvline(sub - 1, color="#D55E00", ls="--", lw=1)
@@ -232,7 +232,7 @@ print(
 )
 print(f"late, {late_activation_flushed:.1%} of all nonzero activation gradients would flush")
 measured(median_log2=median_log2, late_activation_flushed=late_activation_flushed)
-fig
+show(fig)
 
 # %% [markdown]
 # The whole distribution moves to the left, by several binades, and late in training a
@@ -251,7 +251,7 @@ fig
 # (sec. 3.2); lesson 4 walks through it step by step.
 #
 # Too large an S pushes the right tail past float16's max, and those gradients
-# overflow to inf. So there is a window of good scales. `inspect.loss_scale_window`
+# overflow to inf. So there is a window of good scales. `stats.loss_scale_window`
 # computes it from a set of gradients: the smallest power of two that keeps a share
 # `KEEP` of the nonzero values at or above `min_subnormal`, and the largest that keeps
 # the largest value at or below `max`. One scale multiplies every gradient of the
@@ -259,7 +259,7 @@ fig
 
 # %%
 all_late = [v for kinds in late.values() for v in kinds.values()]
-low, high = inspect.loss_scale_window(all_late, keep=KEEP)
+low, high = stats.loss_scale_window(all_late, keep=KEEP)
 print(
     f"advisor's window for the late gradients: S from 2^{math.log2(low):.0f} "
     f"to 2^{math.log2(high):.0f}"
@@ -330,7 +330,7 @@ measured(
     histogram_window=[w_low, w_high],
     histogram_settled=settled,
 )
-fig
+show(fig)
 
 # %% [markdown]
 # The black histogram (S = 1) has a sizeable share of its mass left of 2^-24; the blue
@@ -346,7 +346,7 @@ fig
 # a `mixed-noscale` run (float16 compute, float32 master weights, no loss scale) and, at
 # regular intervals during training, records for each layer the share of nonzero
 # gradients float16 flushes, measured as above from a float32 twin (with the
-# `inspect.GradientRecorder` hook). With the default config this is the README figure
+# `stats.GradientRecorder` hook). With the default config this is the README figure
 # `layer_underflow`; it calls the layers 1 (input), 2 and 3 (output).
 
 # %%
@@ -374,7 +374,7 @@ for name, v in over_time.items():
     )
 print(f"({len({r['step'] for r in records})} recorded steps)")
 measured(layer_over_time=over_time)
-fig
+show(fig)
 
 # %% [markdown]
 # In every layer the flushed share starts near zero and grows as the loss falls. The

@@ -36,18 +36,18 @@ import numpy as np
 
 import minimp
 import minimp.data
-import minimp.figures
-import minimp.inspect
+import minimp.experiments
+import minimp.memory
 import minimp.train
-from minimp import formats, nn, optim
+from minimp import formats, nn, optim, plots
 from minimp.amp import MasterWeights
 from minimp.formats import FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 
 K_SWEEP = range(6, 15)  # updates u = 2^-k tried on the weight w = 1.0
 WEIGHTS = (0.01, 0.1, 0.3, 0.7, 1.0, 3.0, 10.0, 100.0, 1000.0)  # weights whose threshold we find
-UPDATE = 1e-4  # the small update of section 3 (the one figure_master_weights draws)
-N_UPDATES = 2000  # how many times it is applied (as in figure_master_weights)
+UPDATE = 1e-4  # the small update of section 3 (the one the master_weights figure draws)
+N_UPDATES = 2000  # how many times it is applied (the figure draws every one)
 REGIMES = ("fp32", "fp16", "mixed-dynamic")  # the runs compared in sections 4-6
 CONFIG = minimp.train.TrainConfig()  # the digits MLP of the README: SGD + momentum, 2000 steps
 if QUICK:
@@ -280,7 +280,7 @@ measured(
 
 # %%
 digits = minimp.data.load_digits()
-results = minimp.inspect.compare_regimes(digits, CONFIG, REGIMES, seeds=(0,))
+results = minimp.experiments.compare_regimes(digits, CONFIG, REGIMES, seeds=(0,))
 history = {name: runs[0][0] for name, runs in results.items()}  # seed 0's History
 
 lost_early, lost_late, loss_early, loss_late = {}, {}, {}, {}
@@ -308,18 +308,21 @@ measured(lost_early=lost_early, lost_late=lost_late, loss_early=loss_early, loss
 
 # %% [markdown]
 # The figure puts both halves of the story side by side (figure `master_weights`):
-# the single weight of section 3 (`figure_master_weights` repeats that experiment), and
-# the lost share along the three runs.
+# the single weight of section 3 (its `trace`, as measured there), and the lost share
+# along the three runs of section 4.
 
 # %%
-fig, drawn = minimp.figures.figure_master_weights(results)
+drawn = {k: np.array(v) for k, v in trace.items()}
+drawn["step"] = np.arange(1, N_UPDATES + 1)
+drawn["exact"] = 1.0 + UPDATE * drawn["step"]
+lost = {
+    name: np.array(runs[0][0].lost_updates)
+    for name, runs in results.items()
+    if name in ("fp32", "fp16", "mixed-dynamic")
+}
+fig = plots.master_weights(drawn, lost)
 save_figure(fig, "master_weights")
-figure_matches = (
-    drawn["float16_final"] == trace["float16"][-1] and drawn["master_final"] == trace["master"][-1]
-)
-print("the figure's single-weight experiment gives the same numbers as section 3:", figure_matches)
-measured(figure_matches_section_3=figure_matches)
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. What pure float16 costs
@@ -329,8 +332,8 @@ fig
 # evaluation on held-out digits.
 
 # %%
-summary = {row["regime"]: row for row in minimp.inspect.summarize(results)}
-ratios_to_fp32 = {name: r[0] for name, r in minimp.inspect.loss_ratios(results).items()}
+summary = {row["regime"]: row for row in minimp.experiments.summarize(results)}
+ratios_to_fp32 = {name: r[0] for name, r in minimp.experiments.loss_ratios(results).items()}
 print(f"{'regime':14} {'final loss':>11} {'÷ fp32':>7} {'test accuracy':>14}")
 for name in REGIMES:
     print(
@@ -359,12 +362,12 @@ measured(
 # %% [markdown]
 # ## 6. What the master copy costs
 #
-# `minimp.inspect.memory_report` runs one training step of a fresh run of each regime
+# `minimp.memory.memory_report` runs one training step of a fresh run of each regime
 # and adds up the bytes of its real arrays, by category.
 
 # %%
 memory = {
-    name: minimp.inspect.memory_report(minimp.train.Run(name, digits, CONFIG)) for name in REGIMES
+    name: minimp.memory.memory_report(minimp.train.Run(name, digits, CONFIG)) for name in REGIMES
 }
 categories = list(memory["fp32"])
 print(f"{'bytes':16}" + "".join(f"{name:>15}" for name in REGIMES))

@@ -37,10 +37,10 @@ import numpy as np
 import minimp
 import minimp.figures
 import minimp.functional as F
-from minimp import data, inspect, nn, optim, plots
+from minimp import data, experiments, nn, optim, plots, stats
 from minimp.amp import GradScaler, LossScaleUnderflowError, MasterWeights, StaticGradScaler
 from minimp.formats import FLOAT16
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import Run, TrainConfig
 
 SEED = 0  # initialisation and data order of every model below
@@ -267,11 +267,11 @@ measured(walk_fraction_differing=differing)
 #
 # Run the same batch through the model as it is now, twice: once with the loss scaled by
 # S, once unscaled, and compare the float16 gradient of the logits with the float32
-# gradient a float32 twin of the model computes (`inspect.float32_gradients`, as in
+# gradient a float32 twin of the model computes (`stats.float32_gradients`, as in
 # lesson 2). Which nonzero float32 gradients came out as 0 in float16?
 
 # %%
-reference = inspect.float32_gradients(model, masters.parameters(), x_batch, y_batch)
+reference = stats.float32_gradients(model, masters.parameters(), x_batch, y_batch)
 true_logit_grads = reference["layers.4"]["activation"]
 
 
@@ -471,12 +471,12 @@ fig = plots.loss_scale_trace(
     f"the dynamic scale backs off, the static one never trains",
 )
 save_figure(fig, "04_overflow")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. The scale over a real run
 #
-# `minimp.inspect.compare_regimes` trains the `mixed-static` (constant S) and
+# `minimp.experiments.compare_regimes` trains the `mixed-static` (constant S) and
 # `mixed-dynamic` regimes on the digits with `CONFIG`; `minimp.figures.figure_loss_scale`
 # draws both scales over the run. With the full lesson's default config this is the
 # README figure `loss_scale`.
@@ -486,7 +486,9 @@ print(
     f"CONFIG: {CONFIG.steps} steps, static scale 2^{math.log2(CONFIG.static_scale):.0f}, "
     f"dynamic from 2^{math.log2(CONFIG.init_scale):.0f}, growth_interval {CONFIG.growth_interval}"
 )
-results = inspect.compare_regimes(digits, CONFIG, ("mixed-static", "mixed-dynamic"), seeds=(SEED,))
+results = experiments.compare_regimes(
+    digits, CONFIG, ("mixed-static", "mixed-dynamic"), seeds=(SEED,)
+)
 fig, _ = minimp.figures.figure_loss_scale(results)
 save_figure(fig, "loss_scale")
 static_h, dynamic_h = results["mixed-static"][0][0], results["mixed-dynamic"][0][0]
@@ -500,7 +502,7 @@ print(
     f"2^{math.log2(max(dynamic_h.scale)):.0f}, ending at 2^{math.log2(dynamic_h.scale[-1]):.0f}; "
     f"{len(skipped_at)} skipped steps, at {skipped_at}"
 )
-fig
+show(fig)
 
 # %% [markdown]
 # The static scale never moves. The dynamic one doubles after each `growth_interval`
@@ -538,7 +540,7 @@ measured(
 # %% [markdown]
 # ## 6. Where the dynamic scale settles, and the advisor's window
 #
-# Lesson 2's advisor, `inspect.loss_scale_window`, computes from a set of float32
+# Lesson 2's advisor, `stats.loss_scale_window`, computes from a set of float32
 # gradients the range of powers of two S that keep 99% of the nonzero gradients at or
 # above float16's smallest subnormal while nothing overflows. The dynamic scaler never
 # looks at small gradients at all: it only reacts to overflow. Where does it end up
@@ -550,8 +552,8 @@ measured(
 again = Run("mixed-dynamic", digits, CONFIG)
 again.train()
 same_run = again.history.scale == dynamic_h.scale and again.history.loss == dynamic_h.loss
-grads = inspect.float32_gradients(again.model, again.masters.parameters(), x_batch, y_batch)
-low, high = inspect.loss_scale_window([g for kinds in grads.values() for g in kinds.values()])
+grads = stats.float32_gradients(again.model, again.masters.parameters(), x_batch, y_batch)
+low, high = stats.loss_scale_window([g for kinds in grads.values() for g in kinds.values()])
 settled = again.history.scale[-1]
 print(f"same run as in section 5: {same_run}")
 print(

@@ -33,17 +33,19 @@
 
 # %%
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
 
 import minimp.data
+import minimp.experiments
 import minimp.figures
-import minimp.inspect
+import minimp.memory
+import minimp.stats
 from minimp import formats
 from minimp.formats import BFLOAT16, FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
+from minimp.regimes import regime_table
 from minimp.train import LARGE_BATCH_ADAM, REGIMES, Run, TrainConfig
 
 CONFIG = TrainConfig()  # the README's digits setting: MLP 64-128-128-10, SGD, 2000 steps
@@ -96,16 +98,11 @@ print(f"{digits.name}: {len(digits.x_train)} training and {len(digits.x_test)} t
 #
 # In every regime a 16-bit matmul multiplies 16-bit numbers and accumulates the products
 # in float32, rounding once at the end (sec. 3.3), as a GPU's tensor cores do; pure
-# `fp16` keeps even its loss in float16. The code's own description of each regime, and
+# `fp16` keeps even its loss in float16. The code's own policy of each regime, and
 # the settings of this run:
 
 # %%
-print(f"{'regime':14} {'dtype':9} {'masters':8} {'scaling':8} description")
-for name, regime in REGIMES.items():
-    print(
-        f"{name:14} {regime.dtype!s:9} {'yes' if regime.master_weights else 'no':8} "
-        f"{regime.loss_scaling or '-':8} {regime.description}"
-    )
+print(regime_table(REGIMES))  # each regime's policy, as minimp.regimes defines it
 print(
     f"\nmodel {CONFIG.sizes}, {CONFIG.activation}; {CONFIG.optimizer} lr {CONFIG.lr}, "
     f"momentum {CONFIG.momentum}; batch {CONFIG.batch_size}; {CONFIG.steps} steps; seeds {SEEDS}"
@@ -122,7 +119,7 @@ measured(regimes=list(REGIMES), steps=CONFIG.steps, seeds=list(SEEDS))
 # %% [markdown]
 # ## 2. Train them all
 #
-# `minimp.inspect.compare_regimes` trains every regime once per seed. At four points
+# `minimp.experiments.compare_regimes` trains every regime once per seed. At four points
 # of each 16-bit run it also looks at what the format does to the gradients: it runs
 # the same batch through a float32 twin of the network (the master weights, or the
 # weights widened to float32), multiplies the float32 gradients by the run's loss scale,
@@ -130,10 +127,8 @@ measured(regimes=list(REGIMES), steps=CONFIG.steps, seeds=list(SEEDS))
 # underflowed is just 0, so only the float32 twin can tell it from a true zero.
 
 # %%
-start = time.perf_counter()
-results = minimp.inspect.compare_regimes(digits, CONFIG, tuple(REGIMES), seeds=SEEDS)
-elapsed = time.perf_counter() - start
-print(f"{len(REGIMES)} regimes x {len(SEEDS)} seed(s) x {CONFIG.steps} steps in {elapsed:.1f} s")
+results = minimp.experiments.compare_regimes(digits, CONFIG, tuple(REGIMES), seeds=SEEDS)
+print(f"trained {len(REGIMES)} regimes x {len(SEEDS)} seed(s) x {CONFIG.steps} steps")
 
 # %% [markdown]
 # ## 3. The table
@@ -148,10 +143,10 @@ print(f"{len(REGIMES)} regimes x {len(SEEDS)} seed(s) x {CONFIG.steps} steps in 
 # layers' outputs that the regime's format turns into zero at the run's loss scale.
 
 # %%
-rows = minimp.inspect.summarize(results)
-table = minimp.inspect.markdown_table(rows)
+rows = minimp.experiments.summarize(results)
+table = minimp.experiments.markdown_table(rows)
 summary = {row["regime"]: row for row in rows}
-ratios = minimp.inspect.loss_ratios(results)
+ratios = minimp.experiments.loss_ratios(results)
 
 
 def show_markdown(text: str) -> None:
@@ -200,7 +195,7 @@ measured(
 # %%
 fig, _ = minimp.figures.figure_regimes(results)
 save_figure(fig, "regimes")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. What the paper predicts, and what this network shows
@@ -248,7 +243,7 @@ measured(lost_updates=lost, activation_flushed=flushed)
 noscale_run = Run("mixed-noscale", digits, replace(CONFIG, seed=SEEDS[0]))
 noscale_run.train()
 x, y = noscale_run._batch(noscale_run.steps_done)
-grads = minimp.inspect.float32_gradients(noscale_run.model, noscale_run.masters.parameters(), x, y)
+grads = minimp.stats.float32_gradients(noscale_run.model, noscale_run.masters.parameters(), x, y)
 
 
 def flushed_shares(values: np.ndarray) -> tuple[float, float]:
@@ -314,7 +309,7 @@ print(f"test accuracies span {accuracy_spread:.2%}")
 # ## 6. Memory
 #
 # Last, the price in bytes: what one training step holds, by category, measured from
-# the engine's real arrays by `minimp.inspect.memory_report` (lesson 3 reads it category
+# the engine's real arrays by `minimp.memory.memory_report` (lesson 3 reads it category
 # by category). This is the README's `memory` figure.
 
 # %%
@@ -324,7 +319,7 @@ totals = {name: sum(m.values()) for name, m in memory.items()}
 for name, total in totals.items():
     print(f"{name:14} {total:>9,} bytes  ({total / totals['fp32']:.2f} x fp32)")
 measured(memory_totals=totals)
-fig
+show(fig)
 
 # %% [markdown]
 # Pure fp16 holds about half of fp32's bytes: everything is stored in 2 bytes instead
@@ -340,7 +335,7 @@ by_batch = {}
 for batch in MEMORY_BATCHES:
     config = replace(CONFIG, batch_size=batch)
     report = {
-        name: minimp.inspect.memory_report(Run(name, digits, config))
+        name: minimp.memory.memory_report(Run(name, digits, config))
         for name in ("fp32", "mixed-dynamic")
     }
     fp32_total = sum(report["fp32"].values())

@@ -41,10 +41,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from minimp import data, formats, inspect, plots
+from minimp import data, formats, plots, stats
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32
 from minimp.fp8 import Fp8Linear, TensorScaling
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.tensor import no_grad, tensor
 from minimp.train import BEYOND_FP16, LARGE_BATCH_ADAM, Run, TrainConfig
 
@@ -131,14 +131,14 @@ measured(formats=table)
 #
 # Lessons 2 and 5 measured how many gradients a cast to float16 flushes to zero. A
 # float16 gradient that underflowed is just 0, so that count is taken on the float32
-# gradients *before* the cast: `minimp.inspect.GradientRecorder` is a training hook
+# gradients *before* the cast: `minimp.stats.GradientRecorder` is a training hook
 # that, at a few steps, runs the batch through a float32 twin of the network and
 # classifies every **activation gradient** (dL/d output of a layer) and weight gradient
 # against a format. We train the float32 baseline once on `CONFIG`, with two recorders,
 # float16 and bfloat16, looking at the very same gradients.
 
 # %%
-recorders = {name: inspect.GradientRecorder(name) for name in ("float16", "bfloat16")}
+recorders = {name: stats.GradientRecorder(name) for name in ("float16", "bfloat16")}
 fp32_run = Run("fp32", digits, replace(CONFIG, record_every=CONFIG.steps // 4))
 fp32_run.train(hooks=list(recorders.values()))
 last_step = max(r["step"] for r in recorders["float16"].records)
@@ -230,7 +230,7 @@ measured(bf16_final_loss=final_loss, bf16_loss_ratios=bf16_ratios)
 #     stored = round_to_fp8(x * S)          the value it stands for: stored / S
 #     S = 2^floor(log2(fmt.max / amax))
 #
-# `minimp.fp8.TensorScaling` is one such scale. **Delayed scaling** (Transformer
+# `minimp.scaling.TensorScaling` is one such scale. **Delayed scaling** (Transformer
 # Engine's `DelayedScaling`) does not read the amax of the tensor about to be cast
 # (that would cost a second pass over it): it uses the largest amax of the last few
 # casts of the same tensor, so the scale is one step late, and the very first cast of
@@ -250,7 +250,7 @@ print(
 big_fp32 = Run("fp32", digits, FP8_CONFIG)
 big_fp32.train()
 x_big, y_big = big_fp32._batch(big_fp32.steps_done)
-grads = inspect.float32_gradients(big_fp32.model, big_fp32.model.parameters(), x_big, y_big)
+grads = stats.float32_gradients(big_fp32.model, big_fp32.model.parameters(), x_big, y_big)
 
 print(
     f"{'layer':9} {'amax':>9} {'binades':>8} | flushed to 0: {'float16':>8} {'bfloat16':>8}"
@@ -357,11 +357,11 @@ measured(
 # layer input x and weight W are cast to e4m3, the output gradient dL/dy to e5m2, each
 # through its own `TensorScaling`; products accumulate in float32; bias, activations and
 # loss stay float32. `fp8-unscaled` is the same with every scale fixed at 1. The recipe
-# of each (`minimp.fp8.DelayedScaling`):
+# of each (`minimp.scaling.DelayedScaling`):
 
 # %%
 for name in ("fp8", "fp8-unscaled"):
-    print(f"{name:13} {BEYOND_FP16[name].fp8}   ({BEYOND_FP16[name].description})")
+    print(f"{name:13} {BEYOND_FP16[name].matmul}   ({BEYOND_FP16[name].description})")
 
 
 # %% [markdown]
@@ -457,7 +457,7 @@ print(
     + ", ".join(f"{name} {v:.2%}" for name, v in forward_flushed.items())
 )
 measured(role_log2_amax=role_log2_amax, forward_flushed=forward_flushed)
-fig
+show(fig)
 
 # %% [markdown]
 # The three roles sit in different bands: inputs and weights within a few binades of 1,
@@ -548,7 +548,7 @@ fig = plots.regimes_compared(
     title=f"fp8 matmuls on large-batch Adam ({FP8_CONFIG.steps} steps, one seed)",
 )
 save_figure(fig, "07_fp8_training")
-fig
+show(fig)
 
 # %% [markdown]
 # The unscaled run falls behind as its gradients vanish: its final training loss ends

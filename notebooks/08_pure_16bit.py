@@ -47,11 +47,11 @@ import numpy as np
 
 import minimp
 import minimp.data
-import minimp.inspect
+import minimp.memory
 import minimp.plots
 from minimp import optim
 from minimp.formats import BFLOAT16
-from minimp.lessons import QUICK, measured, save_figure
+from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.train import ALL_REGIMES, Run, TrainConfig
 
 REGIMES = ("fp32", "bf16", "bf16-pure", "bf16-sr", "bf16-kahan")  # the five runs of section 3
@@ -79,7 +79,7 @@ digits = minimp.data.load_digits()
 # | `bf16-sr` | bfloat16 | the bfloat16 weights | stochastic rounding |
 # | `bf16-kahan` | bfloat16 | the bfloat16 weights | nearest, plus a Kahan carry |
 #
-# `minimp.inspect.memory_report` runs one training step of a fresh run and adds up the
+# `minimp.memory.memory_report` runs one training step of a fresh run and adds up the
 # bytes of its real arrays by category. Dividing by the number of parameters gives the
 # bytes each scheme spends per parameter; the activations the graph saves grow with the
 # batch, not with the model, so we count them apart.
@@ -87,7 +87,7 @@ digits = minimp.data.load_digits()
 # %%
 runs = {name: Run(name, digits, CONFIG) for name in REGIMES}
 n_params = sum(p.data.size for p in runs["fp32"].model.parameters())
-memory = {name: minimp.inspect.memory_report(run) for name, run in runs.items()}
+memory = {name: minimp.memory.memory_report(run) for name, run in runs.items()}
 per_param = {
     name: {k: v / n_params for k, v in m.items() if k != "activations"}
     for name, m in memory.items()
@@ -272,7 +272,7 @@ trace = {
 }
 fig = minimp.plots.one_weight_rounding(trace, ulp)
 save_figure(fig, "08_one_weight")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 3. A real network, five ways
@@ -423,7 +423,7 @@ fig = minimp.plots.pure16(
     per_param,
 )
 save_figure(fig, "pure16")
-fig
+show(fig)
 
 # %% [markdown]
 # ## 5. What the papers found

@@ -1,21 +1,44 @@
-"""The figure pipeline runs end to end (on a short run) and writes every PNG."""
+"""One figure pipeline: every PNG in figures/ is drawn by exactly one lesson, and every
+figure the README shows is there. ``python -m minimp figures`` runs the lessons."""
 
-from minimp import figures
-from minimp.train import TrainConfig
+import re
 
+from minimp.lessons import CHECKOUT, FIGURES_DIR, lesson_paths
 
-def test_make_all_writes_every_figure(tmp_path):
-    quick = TrainConfig(steps=40, eval_every=20)
-    numbers = figures.make_all(tmp_path, quick, seeds=(0,))
-    assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(figures.FIGURES)
-    assert all((tmp_path / f"{name}.png").stat().st_size > 10_000 for name in figures.FIGURES)
-    # The master-weight trace: the float16 weight never moves, the master does.
-    m = numbers["master_weights"]
-    assert m["float16_final"] == 1.0
-    assert abs(m["master_final"] - m["exact_final"]) < 1e-4
+# A lesson names each figure it saves as a string literal in its save_figure(...) call.
+SAVED = re.compile(r"save_figure\((?:[^()]|\([^()]*\))*\)")
+NAME = re.compile(r'(?<!== )"([0-9A-Za-z_]+)"')  # not the "cuda" of DEVICE == "cuda"
 
 
-def test_every_figure_is_shown_in_the_readme():
-    readme = (figures.FIGURES_DIR.parent / "README.md").read_text()
-    for name in figures.FIGURES:
-        assert f"figures/{name}.png" in readme
+def saved_by_lesson() -> dict[str, list[str]]:
+    """figure name -> the lessons whose source saves it."""
+    writers: dict[str, list[str]] = {}
+    for path in lesson_paths():
+        for call in SAVED.findall(path.read_text()):
+            for name in NAME.findall(call):
+                writers.setdefault(name, []).append(path.name)
+    return writers
+
+
+def test_every_committed_figure_is_drawn_by_exactly_one_lesson():
+    writers = saved_by_lesson()
+    committed = sorted(p.stem for p in FIGURES_DIR.glob("*.png") if not p.stem.endswith("_cpu"))
+    assert committed, "figures/ is empty"
+    for name in committed:
+        assert len(writers.get(name, [])) == 1, (
+            f"figures/{name}.png is saved by {writers.get(name)}"
+        )
+
+
+def test_every_figure_a_lesson_saves_is_committed_or_an_ignored_cpu_twin():
+    committed = {p.stem for p in FIGURES_DIR.glob("*.png")}
+    for name in saved_by_lesson():
+        assert name in committed or name.endswith("_cpu"), f"{name}.png is not in figures/"
+
+
+def test_every_figure_the_readme_shows_exists():
+    readme = (CHECKOUT / "README.md").read_text()
+    shown = re.findall(r"figures/([0-9A-Za-z_]+\.png)", readme)
+    assert shown
+    for name in shown:
+        assert (FIGURES_DIR / name).exists(), f"the README shows figures/{name}, which is missing"
