@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -269,6 +270,8 @@ def read(path: str | os.PathLike) -> Contents:
         NotImplementedError,  # zipfile: a version or compression it does not know
         RuntimeError,  # zipfile: an encrypted member
         TypeError,  # a JSON value of a type no check above foresaw
+        SyntaxError,  # numpy's .npy header parser: a flipped byte in the header's dict
+        tokenize.TokenError,  # ... and its fallback tokenizer on the same
     ) as err:
         raise CheckpointError(
             f"{path}: not a readable minimp checkpoint ({type(err).__name__}: {err}); "
