@@ -79,6 +79,12 @@ COLORS: dict[str, str] = {
     "bf16": _O["bluish green"],
     "fp8": _O["reddish purple"],  # fp8's colour: the format its forward pass uses
     "fp8-unscaled": _O["yellow"],
+    # Okabe-Ito has eight colours and minimp twelve regimes: the rest from Paul Tol's
+    # colour-blind-safe "muted" scheme, the pure-bfloat16 family in greens beside bf16
+    "amp": "#332288",  # indigo: AMP computes what mixed-dynamic (blue) computes
+    "bf16-pure": "#117733",
+    "bf16-sr": "#44AA99",
+    "bf16-kahan": "#999933",
     # the formats of minimp.formats: a format has its regime's colour
     "float32": _O["black"],
     "float16": _O["vermillion"],

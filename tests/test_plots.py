@@ -38,7 +38,8 @@ def test_imports_only_numpy_matplotlib_and_formats():
 def test_every_regime_and_format_has_its_own_colour():
     names = [*REGIMES, "float8_e4m3fn", "float8_e5m2"]
     assert len({plots.COLORS[n] for n in names}) == len(names)
-    assert set(plots.COLORS.values()) <= set(plots.OKABE_ITO.values())
+    # the paper's regimes and the formats from Okabe-Ito; the later regimes add Tol's
+    assert {plots.COLORS[n] for n in names} <= set(plots.OKABE_ITO.values())
     assert plots.COLORS["float16"] == plots.COLORS["fp16"]
     assert plots.COLORS["bfloat16"] == plots.COLORS["bf16"]
 
@@ -281,3 +282,10 @@ def test_pure16(tmp_path):
     ax_loss = fig.axes[0]
     assert [t.get_text() for t in ax_loss.get_legend().get_texts()] == list(names)
     saves(fig, tmp_path)
+
+
+def test_every_regime_has_its_own_colour():
+    from minimp.regimes import ALL_REGIMES
+
+    colours = [plots.COLORS[name] for name in ALL_REGIMES]
+    assert len(set(colours)) == len(colours)
