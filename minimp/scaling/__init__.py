@@ -4,7 +4,7 @@ A narrow format (fp8, and below it the fp6 and fp4 element formats) has too few
 binades for the values a network produces, so each value is multiplied by a scale
 before rounding and divided by it after. Who shares one scale is the choice:
 a whole tensor (:mod:`minimp.scaling.per_tensor`, fp8 with Transformer Engine's
-delayed scaling) or a block of consecutive values along the reduction axis
+delayed or current scaling) or a block of consecutive values along the reduction axis
 (:mod:`minimp.scaling.blocks`: the OCP MX formats, NVFP4, DeepSeek-V3's tiles).
 """
 
@@ -22,7 +22,15 @@ from minimp.scaling.blocks import (
     block_matmul,
     quantize,
 )
-from minimp.scaling.per_tensor import FP8_FORMATS, DelayedScaling, TensorScaling, decode, encode
+from minimp.scaling.per_tensor import (
+    FP8_FORMATS,
+    CurrentScaling,
+    DelayedScaling,
+    TensorScaling,
+    decode,
+    encode,
+    saturation_by_step,
+)
 
 __all__ = [
     "BLOCK_FORMATS",
@@ -36,10 +44,12 @@ __all__ = [
     "MXFP8_E5M2",
     "NVFP4",
     "BlockFormat",
+    "CurrentScaling",
     "DelayedScaling",
     "TensorScaling",
     "block_matmul",
     "decode",
     "encode",
     "quantize",
+    "saturation_by_step",
 ]
