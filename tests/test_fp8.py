@@ -13,6 +13,7 @@ import minimp.functional as F
 from minimp import backend, nn, optim
 from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, round_to
 from minimp.fp8 import DelayedScaling, Fp8Linear, TensorScaling, fp8_linear, to_fp8
+from minimp.scaling import CurrentScaling, saturation_by_step
 
 FP8 = [FLOAT8_E4M3FN, FLOAT8_E5M2]
 ML_DTYPES = {FLOAT8_E4M3FN: ml_dtypes.float8_e4m3fn, FLOAT8_E5M2: ml_dtypes.float8_e5m2}
@@ -119,6 +120,66 @@ def test_zero_nan_and_inf_amax_keep_the_previous_scale():
     assert scaling.scale == 128.0 and scaling.amax_history[0] == np.inf
     scaling.quantize(np.array([0.5], dtype=np.float32))
     assert scaling.scale == 512.0  # a finite amax moves it again
+
+
+@pytest.mark.parametrize("fmt", FP8, ids=lambda f: f.name)
+def test_most_recent_follows_the_last_amax_only(fmt):
+    """TE's amax_compute_algo="most_recent": the newest entry of the history, so a spike
+    sets one scale and is forgotten on the next cast ("max" keeps it for the history)."""
+    scaling = TensorScaling(
+        fmt, DelayedScaling(amax_history_len=4, amax_compute_algo="most_recent")
+    )
+    for amax in [3.0, 300.0, 3.0, 0.75]:
+        scaling.quantize(np.float32([amax, -amax / 2]))
+        assert scaling.scale == expected_scale(fmt, amax, 0)
+    np.testing.assert_array_equal(scaling.amax_history, [0.75, 3.0, 300.0, 3.0])
+
+
+@pytest.mark.parametrize("margin", [0, 1])
+@pytest.mark.parametrize("fmt", FP8, ids=lambda f: f.name)
+def test_current_scaling_fits_each_cast_to_its_own_amax(fmt, margin):
+    """TE's Float8CurrentScaling: the scale comes from this cast's amax, before the cast."""
+    rng = np.random.default_rng(5)
+    scaling = TensorScaling(fmt, CurrentScaling(margin=margin))
+    for amax in [1.0, 100.0, 1e-3, 5.0]:
+        x = (rng.standard_normal(256) * amax).astype(np.float32)
+        scale = expected_scale(fmt, float(np.abs(x).max()), margin)
+        q = scaling.quantize(x)
+        np.testing.assert_array_equal(
+            q.view(np.uint32), oracle_quantize(x, fmt, scale).view(np.uint32)
+        )
+        assert scaling.last_scale == scaling.scale == scale
+        assert scaling.last_saturated == 0.0
+    before = scaling.state_dict()
+    scaling.quantize(x * 1000, update=False)  # an evaluation still scales, but changes nothing
+    assert scaling.state_dict()["scale"] == before["scale"]
+
+
+def test_delayed_scaling_misses_the_spike_on_its_step_and_current_does_not():
+    """A tensor whose amax jumps 100x on step 5: delayed scaling casts it with the scale
+    of step 4 and saturates; current scaling measures it first."""
+    rng = np.random.default_rng(6)
+    arrays = [rng.standard_normal(1000).astype(np.float32) for _ in range(10)]
+    arrays = [x / np.abs(x).max() for x in arrays]  # amax 1 on every step...
+    arrays[5] *= 100  # ...but one
+    delayed = saturation_by_step(DelayedScaling(), arrays)
+    current = saturation_by_step(CurrentScaling(), arrays)
+    assert [step for step, s in enumerate(delayed) if s > 0] == [5]
+    assert delayed[5] > 0.5  # most of the spike's values are clipped to 448
+    assert not any(current)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: DelayedScaling(amax_compute_algo="mean"),
+         "amax_compute_algo must be 'max' or 'most_recent', got 'mean'"),
+        (lambda: CurrentScaling(margin=-1), "margin must be an int >= 0, got -1"),
+    ],
+)  # fmt: skip
+def test_bad_scaling_settings_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_small_gradients_underflow_in_e5m2_without_a_scale_and_survive_with_one():

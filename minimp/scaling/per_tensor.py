@@ -35,7 +35,15 @@ import numpy as np
 from minimp import backend
 from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format, round_to
 
-__all__ = ["FP8_FORMATS", "DelayedScaling", "TensorScaling", "decode", "encode"]
+__all__ = [
+    "FP8_FORMATS",
+    "CurrentScaling",
+    "DelayedScaling",
+    "TensorScaling",
+    "decode",
+    "encode",
+    "saturation_by_step",
+]
 
 FP8_FORMATS = (FLOAT8_E4M3FN, FLOAT8_E5M2)
 # A scale stays a normal float32 power of two, so x * scale is exact (TE clamps at FLT_MAX).
@@ -48,13 +56,16 @@ class DelayedScaling:
 
     ``margin``: keep 2^margin of headroom below the format's max (scale / 2^margin).
     ``amax_history_len``: how many past casts the amax is taken over (TE's default
-    is 1024; 16 suits minimp's short runs). ``scaling=False`` fixes every scale at
-    1.0: plain fp8 casts, to show what fails without a per-tensor scale.
+    is 1024; 16 suits minimp's short runs). ``amax_compute_algo``: ``"max"`` (the
+    largest amax of the history, TE's default) or ``"most_recent"`` (the last cast's
+    amax: a spike is forgotten on the next cast). ``scaling=False`` fixes every scale
+    at 1.0: plain fp8 casts, to show what fails without a per-tensor scale.
     """
 
     margin: int = 0
     amax_history_len: int = 16
     scaling: bool = True
+    amax_compute_algo: str = "max"
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,14 +75,48 @@ class DelayedScaling:
             problems.append(f"amax_history_len must be an int >= 1, got {self.amax_history_len!r}")
         if not isinstance(self.scaling, bool):
             problems.append(f"scaling must be True or False, got {self.scaling!r}")
+        if self.amax_compute_algo not in ("max", "most_recent"):
+            problems.append(
+                f"amax_compute_algo must be 'max' or 'most_recent', got {self.amax_compute_algo!r}"
+            )
         if problems:
             raise ValueError("invalid DelayedScaling recipe: " + "; ".join(problems))
         object.__setattr__(self, "margin", int(self.margin))
         object.__setattr__(self, "amax_history_len", int(self.amax_history_len))
 
 
+@dataclass(frozen=True, slots=True)
+class CurrentScaling:
+    """TE's ``Float8CurrentScaling``: each cast's scale from that cast's own amax.
+
+    It costs a second read of the tensor (the amax, then the cast), which delayed
+    scaling saves, and it never saturates on a spike: the spike sets its own scale.
+    DeepSeek-V3 (arXiv 2412.19437, sec. 3.3.2) scales from the current values too,
+    per tile (:mod:`minimp.scaling.blocks`). ``margin`` as in :class:`DelayedScaling`.
+    The history keeps one entry, the last amax, for what a lesson reports.
+    """
+
+    margin: int = 0
+    amax_history_len = 1  # not a field: the current amax is the whole history
+    scaling = True
+
+    def __post_init__(self) -> None:
+        if not (_is_int(self.margin) and self.margin >= 0):
+            raise ValueError(
+                f"invalid CurrentScaling recipe: margin must be an int >= 0, got {self.margin!r}"
+            )
+        object.__setattr__(self, "margin", int(self.margin))
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def _amax(x: Any, xp: Any) -> float:
+    """max |x|, NaNs left out as TE's fmaxf reduction leaves them out; 0 for an empty x."""
+    if not x.size:
+        return 0.0
+    return float(xp.where(xp.isnan(x), 0, xp.abs(x)).max())
 
 
 def _is_power_of_two_scale(x: Any) -> bool:
@@ -103,7 +148,10 @@ class TensorScaling:
         if scaling and 0 < amax < inf:
             scale = 2 ** (floor(log2(fmt.max / amax)) - margin)
 
-    A spike is remembered for ``amax_history_len`` casts, then forgotten. NaN
+    A spike is remembered for ``amax_history_len`` casts, then forgotten
+    (``amax_compute_algo="most_recent"``: amax = amax_history[0]). With a
+    :class:`CurrentScaling` recipe the scale is chosen first, from this cast's
+    amax, and then used. NaN
     elements are left out of amax, as TE's fmaxf reductions leave them out; an
     inf keeps the scale where it was for as long as it stays in the history.
     After each updating call ``last_amax``, ``last_underflow`` (fraction of the nonzero
@@ -111,7 +159,9 @@ class TensorScaling:
     clipped to +-max) say what that cast did.
     """
 
-    def __init__(self, fmt: Format | str, recipe: DelayedScaling | None = None) -> None:
+    def __init__(
+        self, fmt: Format | str, recipe: DelayedScaling | CurrentScaling | None = None
+    ) -> None:
         fmt = get_format(fmt)
         if fmt not in FP8_FORMATS:
             names = ", ".join(f.name for f in FP8_FORMATS)
@@ -137,8 +187,16 @@ class TensorScaling:
         on CuPy, which has no fp8 dtype, float32 values of fp8) and that scale. The
         value each element stands for is ``stored / scale``."""
         xp = backend.array_module(array)
-        fmt, scale = self.format, np.float32(self.scale)
         x = array.astype(np.float32, copy=False)
+        current = isinstance(self.recipe, CurrentScaling)
+        if current:  # this cast's amax sets this cast's scale
+            amax_now = _amax(x, xp)
+            fmt, scale = (
+                self.format,
+                np.float32(_next_scale(amax_now, self.format, self.recipe.margin, self.scale)),
+            )
+        else:
+            fmt, scale = self.format, np.float32(self.scale)
         # scale is a power of two in [2^-126, 2^127]: x * scale is exact unless it leaves
         # float32's normal range, where fp8 gives 0 or +-max anyway, and stored / scale is
         # a multiple of 2^-16 / 2^127 = 2^-143, which float32 holds even when subnormal.
@@ -149,8 +207,7 @@ class TensorScaling:
             return (encode(rounded, fmt) if xp is np else rounded), scale
         nonzero = int(xp.count_nonzero(x))
         magnitude = xp.abs(x)
-        # NaNs are left out of the amax, as TE's fmaxf reduction leaves them out
-        self.last_amax = float(xp.where(xp.isnan(x), 0, magnitude).max()) if nonzero else 0.0
+        self.last_amax = amax_now if current else _amax(x, xp)
         self.last_underflow = int(((x != 0) & (rounded == 0)).sum()) / max(nonzero, 1)
         # |x * scale| is |x| * scale exactly (a power of two; inf past float32's range)
         self.last_saturated = int((magnitude * scale > fmt.max).sum()) / max(nonzero, 1)
@@ -158,8 +215,13 @@ class TensorScaling:
         self.amax_history = np.concatenate([[self.last_amax], self.amax_history[:-1]]).astype(
             np.float32
         )
-        if self.recipe.scaling:
-            amax = float(self.amax_history.max())
+        if current:
+            self.scale = float(scale)
+        elif self.recipe.scaling:
+            history = self.amax_history
+            amax = float(
+                history[0] if self.recipe.amax_compute_algo == "most_recent" else history.max()
+            )
             self.scale = _next_scale(amax, fmt, self.recipe.margin, self.scale)
         return (encode(rounded, fmt) if xp is np else rounded), scale
 
@@ -197,6 +259,19 @@ class TensorScaling:
 
     def __repr__(self) -> str:
         return f"TensorScaling({self.format.name}, scale={self.scale:g})"
+
+
+def saturation_by_step(
+    recipe: DelayedScaling | CurrentScaling, arrays: Any, fmt: Format | str = FLOAT8_E4M3FN
+) -> list[float]:
+    """The fraction of each array's nonzero values that one :class:`TensorScaling` clips to
+    +-max, cast after cast: where a delayed scale misses a spike that current scaling fits."""
+    scaling = TensorScaling(fmt, recipe)
+    saturated = []
+    for array in arrays:
+        scaling.cast(array)
+        saturated.append(scaling.last_saturated)
+    return saturated
 
 
 # ---- fast fp8 casts on the CPU -----------------------------------------------------
