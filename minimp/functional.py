@@ -299,7 +299,15 @@ def transpose(a: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
 
 
 def _mm(dtype: np.dtype, a: Any, b: Any, bias: Any = None) -> Any:
-    """The matmul rule for ``dtype``: plain float32 BLAS, or backend.lowp_matmul."""
+    """The matmul rule for ``dtype``: plain float32 BLAS, or backend.lowp_matmul.
+
+    A stack of rows times one matrix, (..., n) @ (n, m), is computed as one 2-D
+    product: NumPy's batched matmul broadcasts the matrix and misses BLAS there
+    (30x slower for a (16, 64, 64) @ (64, 192) linear layer); the values are the same.
+    """
+    if a.ndim > 2 and b.ndim == 2:
+        out = _mm(dtype, a.reshape(-1, a.shape[-1]), b, bias)
+        return out.reshape(*a.shape[:-1], b.shape[-1])
     if dtype == np.float32:
         return a @ b if bias is None else a @ b + bias
     return backend.lowp_matmul(a, b, dtype, bias)
