@@ -15,6 +15,7 @@ place, and a NumPy Generator is not advanced when the call is refused).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -28,15 +29,22 @@ import numpy as np
 __all__ = [
     "DIGITS_PATH",
     "DIGITS_SHA256",
+    "SHAKESPEARE_MD5",
+    "SHAKESPEARE_PATH",
+    "CharCorpus",
     "Dataset",
     "batches",
     "load_digits",
+    "load_shakespeare",
     "make_teacher_student",
 ]
 
 DIGITS_PATH = Path(__file__).with_name("datasets") / "digits.npz"
 # SHA-256 of the shipped file; how it was produced is in minimp/datasets/README.md.
 DIGITS_SHA256 = "af104d81e7cd419be5f343d23c6ca2e4e4ff847b06636260802df8e903c6183f"
+SHAKESPEARE_PATH = Path(__file__).with_name("datasets") / "tinyshakespeare.txt.gz"
+# md5 of the decompressed text: that of char-rnn's input.txt, as its README gives it.
+SHAKESPEARE_MD5 = "6fb458f1232090904fb40fe944165e91"
 
 
 @dataclass(frozen=True, eq=False)
@@ -298,3 +306,112 @@ def _split(
             "test part; both parts need at least one row"
         )
     return Dataset(x[~is_test], y[~is_test], x[is_test], y[is_test], name, n_classes)
+
+
+@dataclass(frozen=True, eq=False)
+class CharCorpus:
+    """A text as character ids, split into a training and a validation part.
+
+    `chars` is the vocabulary, every distinct character of the text in sorted
+    order; a character's id is its position there. `train` and `val` are 1-D int64
+    arrays of ids (int64: what `cross_entropy` takes as targets). `batch` samples
+    windows of `block_size` characters, as nanoGPT's `get_batch` does.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    chars: str
+    block_size: int
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = {c: i for i, c in enumerate(self.chars)}
+        unknown = sorted(set(text) - ids.keys())
+        if unknown:
+            raise ValueError(f"encode: characters {unknown!r} are not in the vocabulary")
+        return np.array([ids[c] for c in text], dtype=np.int64)
+
+    def decode(self, ids: np.ndarray) -> str:
+        return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+
+    def batch(
+        self, split: str, batch_size: int, generator: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`batch_size` random windows: inputs x (B, T) and targets y = x shifted by
+        one (the next character at every position), T = block_size. Start offsets are
+        drawn from `generator`, uniformly over every window that fits in the split."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if not isinstance(batch_size, int | np.integer) or isinstance(batch_size, bool):
+            raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(generator, np.random.Generator):
+            raise TypeError(
+                f"generator must be a numpy.random.Generator, got {type(generator).__name__}; "
+                "pass np.random.default_rng(seed)"
+            )
+        data = self.train if split == "train" else self.val
+        starts = generator.integers(0, len(data) - self.block_size, size=batch_size)
+        window = starts[:, None] + np.arange(self.block_size)
+        return data[window], data[window + 1]
+
+
+def load_shakespeare(
+    block_size: int = 64, val_fraction: float = 0.1, path: str | os.PathLike[str] | None = None
+) -> CharCorpus:
+    """The tiny Shakespeare text (shipped, like the digits) as a character-level corpus: the first
+    1 - `val_fraction` of it (90%) for training, the rest for validation, as in
+    nanoGPT's shakespeare_char.
+
+    1,115,394 characters (65 distinct) of Shakespeare's plays, public domain,
+    compiled by Andrej Karpathy for char-rnn (`data/tinyshakespeare/input.txt`),
+    shipped gzip-compressed in `minimp/datasets/tinyshakespeare.txt.gz`; the
+    decompressed text must have md5 `SHAKESPEARE_MD5` (source and recipe in
+    `minimp/datasets/README.md`). A missing file raises FileNotFoundError and a
+    corrupt one ValueError, both naming the file.
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, int | np.integer):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if (
+        not isinstance(val_fraction, Real)
+        or isinstance(val_fraction, bool)
+        or not 0 < val_fraction < 1
+    ):
+        raise ValueError(
+            f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}"
+        )
+    file = SHAKESPEARE_PATH if path is None else Path(path)
+    try:
+        raw = gzip.decompress(file.read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"tiny Shakespeare file {str(file)!r} is missing; minimp ships it as package "
+            "data (minimp/datasets/tinyshakespeare.txt.gz): reinstall minimp"
+        ) from None
+    except (OSError, EOFError) as err:
+        raise ValueError(f"tiny Shakespeare file {str(file)!r} is not valid gzip: {err}") from None
+    digest = hashlib.md5(raw).hexdigest()
+    if digest != SHAKESPEARE_MD5:
+        raise ValueError(
+            f"tiny Shakespeare file {str(file)!r} is corrupt: the text's md5 is {digest}, "
+            f"expected {SHAKESPEARE_MD5}; reinstall minimp"
+        )
+    text = raw.decode("utf-8")
+    chars = "".join(sorted(set(text)))
+    lookup = np.zeros(max(map(ord, chars)) + 1, dtype=np.int64)
+    lookup[[ord(c) for c in chars]] = np.arange(len(chars))
+    ids = lookup[np.frombuffer(raw, dtype=np.uint8)]  # the text is ASCII: one byte each
+    n_train = int(len(ids) * (1 - val_fraction))
+    train, val = ids[:n_train], ids[n_train:]
+    if min(len(train), len(val)) <= block_size:
+        raise ValueError(
+            f"block_size={block_size} leaves no full window in a split of "
+            f"{min(len(train), len(val))} characters; use a smaller block_size or val_fraction"
+        )
+    return CharCorpus(train, val, chars, int(block_size))

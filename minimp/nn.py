@@ -1,4 +1,5 @@
-"""Modules: ``Module``, ``Linear``, activations, ``Sequential`` and ``MLP``.
+"""Modules: ``Module``, ``Linear``, activations, ``Sequential`` and ``MLP``, and the
+transformer's pieces: ``Embedding``, ``LayerNorm``, ``GELU`` and ``Dropout``.
 
 As in PyTorch, a module's parameters are its tensor attributes that require a
 gradient, found recursively through its sub-modules; ``module.to(dtype)``
@@ -20,7 +21,11 @@ from minimp import backend, functional
 from minimp.tensor import Tensor, as_dtype, compute, float32, ieee, round_to_dtype
 
 __all__ = [
+    "GELU",
     "MLP",
+    "Dropout",
+    "Embedding",
+    "LayerNorm",
     "Linear",
     "Module",
     "ReLU",
@@ -33,7 +38,13 @@ __all__ = [
 
 
 class Module:
-    """Base class: subclasses set tensors and sub-modules as attributes and define forward."""
+    """Base class: subclasses set tensors and sub-modules as attributes and define forward.
+
+    Sub-modules are found in attributes and in lists or tuples of them (a GPT's
+    blocks), named as PyTorch names them: ``blocks.0.attn.qkv.weight``.
+    """
+
+    training = True  # as in PyTorch: train() and eval() switch it (Dropout reads it)
 
     def forward(self, *args: Any) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
@@ -54,6 +65,22 @@ class Module:
 
     def parameters(self) -> list[Tensor]:
         return [p for _, p in self.named_parameters()]
+
+    def children(self) -> Iterator[Module]:
+        """The direct sub-modules, in attribute order (through lists and tuples)."""
+        for value in vars(self).values():
+            items = value if isinstance(value, list | tuple) else (value,)
+            yield from (item for item in items if isinstance(item, Module))
+
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode here and in every sub-module (Dropout drops only in it)."""
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -211,6 +238,104 @@ class MLP(Sequential):
                 layers.append(_ACTIVATIONS[activation]())
         super().__init__(*layers)
         self.sizes = tuple(sizes)
+
+
+class Embedding(Module):
+    """A lookup table of ``num_embeddings`` vectors of size ``embedding_dim``, as
+    ``torch.nn.Embedding``: ``weight`` is initialised N(0, 1) (a GPT re-initialises
+    it N(0, 0.02)), drawn in float32 from ``generator`` and rounded to ``dtype``.
+    The input is an integer array of indices; see ``functional.embedding``."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        dtype: Any = float32,
+        device: str = "cpu",
+        generator: np.random.Generator | None = None,
+    ) -> None:
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise ValueError(
+                f"Embedding needs positive sizes, got ({num_embeddings}, {embedding_dim})"
+            )
+        rng = generator if generator is not None else np.random.default_rng()
+        values = rng.standard_normal((num_embeddings, embedding_dim), dtype=np.float32)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = _parameter(values, dtype, device)
+
+    def forward(self, input: Any) -> Tensor:
+        return functional.embedding(input, self.weight)
+
+    def __repr__(self) -> str:
+        return f"Embedding({self.num_embeddings}, {self.embedding_dim}, dtype={self.weight.dtype})"
+
+
+class LayerNorm(Module):
+    """Normalise over the last dims, then scale and shift, as ``torch.nn.LayerNorm``:
+    ``weight`` starts at ones and ``bias`` at zeros. A gain of 1.0 is where pure
+    float16 training stalls: an update below 2^-11 (half an ulp of 1.0) rounds away."""
+
+    def __init__(
+        self,
+        normalized_shape: int | tuple[int, ...],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: Any = float32,
+        device: str = "cpu",
+    ) -> None:
+        shape = (
+            (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        )
+        self.normalized_shape, self.eps = shape, eps
+        affine = elementwise_affine
+        self.weight = _parameter(np.ones(shape, np.float32), dtype, device) if affine else None
+        self.bias = (
+            _parameter(np.zeros(shape, np.float32), dtype, device) if affine and bias else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def __repr__(self) -> str:
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps})"
+
+
+class GELU(Module):
+    def __init__(self, approximate: str = "none") -> None:
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.gelu(x, self.approximate)
+
+
+class Dropout(Module):
+    """Dropout with probability ``p`` while training, the identity in eval(), as
+    ``torch.nn.Dropout``. Masks are drawn from ``generator`` (a NumPy Generator,
+    advanced by every call): the same seed gives the same masks."""
+
+    def __init__(self, p: float = 0.5, *, generator: np.random.Generator | None = None) -> None:
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: probability p has to be between 0 and 1, got {p!r}")
+        self.p = p
+        self.generator = generator if generator is not None else np.random.default_rng()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.dropout(x, self.p, self.training, self.generator)
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"
+
+
+def _parameter(values: np.ndarray, dtype: Any, device: str) -> Tensor:
+    """A leaf that requires grad, from float32 ``values`` rounded once to ``dtype``."""
+    with ieee():
+        array = round_to_dtype(values, as_dtype(dtype))
+    return Tensor(backend.to_device(array, device), requires_grad=True)
 
 
 def clip_grad_norm_(

@@ -1,6 +1,7 @@
 """Tests for minimp.data: the shipped digits, the synthetic task, minibatches, validation."""
 
 import dataclasses
+import gzip
 import hashlib
 
 import numpy as np
@@ -327,3 +328,57 @@ def test_batches_refuse_nan_and_leave_inputs_unchanged():
         batches(x, y, 4, rng)
     assert np.array_equal(x, before, equal_nan=True)
     assert rng.bit_generator.state == state
+
+
+# --- tiny Shakespeare (issue 13) ------------------------------------------------------
+
+
+def test_shipped_shakespeare_is_char_rnns_text():
+    """The md5 char-rnn's input.txt has, recomputed here from the shipped .gz."""
+    text = gzip.decompress(data.SHAKESPEARE_PATH.read_bytes())
+    assert len(text) == 1_115_394
+    assert hashlib.md5(text).hexdigest() == "6fb458f1232090904fb40fe944165e91"
+    assert text.startswith(b"First Citizen:\nBefore we proceed any further, hear me speak.")
+
+
+def test_load_shakespeare_vocabulary_and_90_10_split():
+    corpus = data.load_shakespeare(block_size=32)
+    assert corpus.vocab_size == 65 and corpus.chars[:3] == "\n !" and corpus.chars[-1] == "z"
+    assert len(corpus.train) == 1_003_854 and len(corpus.val) == 111_540  # int(0.9 * n)
+    assert corpus.train.dtype == np.int64
+    assert corpus.decode(corpus.train[:14]) == "First Citizen:"
+    assert np.array_equal(corpus.encode("First Citizen:"), corpus.train[:14])
+    full = corpus.decode(np.concatenate([corpus.train, corpus.val]))
+    assert full.encode() == gzip.decompress(data.SHAKESPEARE_PATH.read_bytes())
+
+
+def test_shakespeare_batches_are_seeded_next_character_windows():
+    corpus = data.load_shakespeare(block_size=16)
+    x, y = corpus.batch("train", 8, np.random.default_rng(0))
+    x2, y2 = corpus.batch("train", 8, np.random.default_rng(0))
+    assert x.shape == y.shape == (8, 16) and x.dtype == np.int64
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert np.array_equal(x[:, 1:], y[:, :-1])  # y is x shifted by one character
+    vx, _ = corpus.batch("val", 4, np.random.default_rng(0))
+    text = corpus.decode(corpus.val)
+    assert all(corpus.decode(row) in text for row in vx)  # windows come from the split
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        corpus.batch("test", 8, rng)
+    with pytest.raises(TypeError, match="Generator"):
+        corpus.batch("train", 8, 0)
+    assert rng.bit_generator.state == state  # a refused call draws nothing
+
+
+def test_load_shakespeare_refuses_bad_arguments_and_a_corrupt_file(tmp_path):
+    with pytest.raises(ValueError, match="val_fraction"):
+        data.load_shakespeare(val_fraction=1.0)
+    with pytest.raises(ValueError, match="block_size"):
+        data.load_shakespeare(block_size=0)
+    bad = tmp_path / "bad.txt.gz"
+    bad.write_bytes(gzip.compress(b"Not Shakespeare"))
+    with pytest.raises(ValueError, match="corrupt"):
+        data.load_shakespeare(path=bad)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        data.load_shakespeare(path=tmp_path / "absent.gz")

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 import torch
-from oracle import NETWORK_TOLERANCE, TORCH_DTYPES, assert_close, check_op, random_inputs
+from oracle import (
+    NETWORK_TOLERANCE,
+    OP_TOLERANCE,
+    TOLERANCE,
+    TORCH_DTYPES,
+    assert_close,
+    check_op,
+    random_inputs,
+)
 
 import minimp
 import minimp.functional as F
@@ -274,3 +282,208 @@ def test_pow_gradient_at_zero_is_torchs(exponent, dtype):
     (t**exponent).sum().backward()
     ours, theirs = x.grad.numpy().astype(np.float32), t.grad.float().numpy()
     assert np.array_equal(ours, theirs, equal_nan=True), (ours, theirs)
+
+
+# ---- the transformer's ops (issue 13): float32, float16 and bfloat16 against torch ----
+
+ALL_DTYPES = [minimp.float32, minimp.float16, minimp.bfloat16]
+TF = torch.nn.functional
+INDICES = np.array([[1, 7, 7, 0], [9, 1, 7, 3], [0, 0, 9, 2]])  # repeated rows: a scatter-add
+CAUSAL = np.triu(np.ones((5, 5), dtype=bool), k=1)  # True above the diagonal: the future
+COND = np.random.default_rng(3).random((4, 5)) < 0.5
+
+
+def _dropout_mask(shape, p, seed):
+    """The mask minimp.functional.dropout draws from default_rng(seed): its contract."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32) >= p
+
+
+def _minimp_split_sum(x):
+    a, b, c = x.split([2, 3, 1], dim=-1)
+    return (c * 3).sum() + a.sum(0) * 2 + b.exp().mean()
+
+
+def _torch_split_sum2(x):
+    a, b, c = x.split([2, 3, 1], dim=-1)
+    return (c * 3).sum() + a.sum(0) * 2 + b.exp().mean()
+
+
+def _heads(x, transpose):
+    """(B, T, C) -> (B, heads, T, head size) -> scores -> back: what attention does."""
+    q = x.view(2, 5, 3, 4).transpose(1, 2)
+    scores = q @ transpose(q)
+    return (scores @ q).transpose(1, 2).reshape(2, 5, 12)
+
+
+# name: (minimp op, PyTorch op, input shapes)
+TRANSFORMER_OPS = {
+    "embedding": (
+        lambda w: F.embedding(INDICES, w),
+        lambda w: TF.embedding(torch.tensor(INDICES), w),
+        [(10, 6)],
+    ),
+    "layer_norm": (
+        lambda x, w, b: F.layer_norm(x, (8,), w, b),
+        lambda x, w, b: TF.layer_norm(x, (8,), w, b),
+        [(2, 3, 8), (8,), (8,)],
+    ),
+    "layer_norm_two_dims_no_affine": (
+        lambda x: F.layer_norm(x * 3 + 1, [3, 8], eps=1e-3),
+        lambda x: TF.layer_norm(x * 3 + 1, [3, 8], eps=1e-3),
+        [(2, 3, 8)],
+    ),
+    "gelu": (lambda x: F.gelu(x * 3), lambda x: TF.gelu(x * 3), [(6, 20)]),
+    "gelu_tanh": (
+        lambda x: F.gelu(x * 3, approximate="tanh"),
+        lambda x: TF.gelu(x * 3, approximate="tanh"),
+        [(6, 20)],
+    ),
+    "masked_fill": (
+        lambda x: x.masked_fill(COND, 0.3),
+        lambda x: x.masked_fill(torch.tensor(COND), 0.3),
+        [(4, 5)],
+    ),
+    "causal_softmax_4d": (
+        lambda x: F.softmax(x.masked_fill(CAUSAL, -np.inf), -1),
+        lambda x: torch.softmax(x.masked_fill(torch.tensor(CAUSAL), -np.inf), -1),
+        [(2, 3, 5, 5)],
+    ),
+    "where": (
+        lambda a, b: F.where(COND, a, b),
+        lambda a, b: torch.where(torch.tensor(COND), a, b),
+        [(4, 5), (5,)],
+    ),
+    "where_scalar": (
+        lambda a: F.where(COND, a, 0.0),
+        lambda a: torch.where(torch.tensor(COND), a, 0.0),
+        [(4, 5)],
+    ),
+    "dropout": (
+        lambda x: F.dropout(x, 0.25, generator=np.random.default_rng(5)),
+        lambda x: x * torch.tensor(_dropout_mask((4, 5), 0.25, 5)) / 0.75,
+        [(4, 5)],
+    ),
+    "view": (lambda x: x.view(5, 4) * 2, lambda x: x.view(5, 4) * 2, [(4, 5)]),
+    "split": (_minimp_split_sum, _torch_split_sum2, [(4, 6)]),
+    "heads_transpose_batched_matmul": (
+        lambda x: _heads(x, lambda t: t.transpose(-2, -1)),
+        lambda x: _heads(x, lambda t: t.transpose(-2, -1)),
+        [(2, 5, 12)],
+    ),
+    "matmul_4d": (lambda a, b: a @ b, lambda a, b: a @ b, [(2, 3, 5, 4), (2, 3, 4, 6)]),
+}
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("name", TRANSFORMER_OPS)
+def test_transformer_op_matches_pytorch(name, dtype):
+    ours, theirs, shapes = TRANSFORMER_OPS[name]
+    table = OP_TOLERANCE.get(name, TOLERANCE)
+    # seed=1: an upstream gradient unlike the input (random_inputs uses seed 0); an
+    # upstream equal to x is nearly parallel to layer_norm's output, whose gradient
+    # then cancels to almost nothing and measures only rounding
+    check_op(ours, theirs, random_inputs(shapes), dtype, seed=1, table=table)
+
+
+def test_split_pieces_are_torchs():
+    x = np.arange(14, dtype=np.float32).reshape(2, 7)
+    for arg in (3, [2, 5], 7, 10):
+        ours = F.split(minimp.tensor(x), arg, dim=1)
+        theirs = torch.split(torch.tensor(x), arg, dim=1)
+        assert [p.shape for p in ours] == [tuple(t.shape) for t in theirs]
+        for p, t in zip(ours, theirs, strict=True):
+            assert np.array_equal(p.numpy(), t.numpy())
+
+
+def test_split_backward_concatenates_and_an_unused_piece_gets_zeros():
+    x = minimp.tensor(np.ones((2, 6)), requires_grad=True)
+    _, b, c = x.split(2, dim=1)
+    (b * 2 + c * 3).sum().backward()
+    assert np.array_equal(x.grad.numpy(), np.repeat(np.float32([[0, 0, 2, 2, 3, 3]]), 2, 0))
+
+
+def test_embedding_scatter_add_accumulates_in_float32():
+    """4096 uses of one row with gradient 1.0: the float32 sum is exactly 4096, rounded
+    once to float16; a float16 running sum stalls at 2048 (2048 + 1 is a tie, to even).
+    (PyTorch's CPU float16 kernel gives 2048: it accumulates in float16; its CUDA kernel
+    accumulates in float32, as minimp does.)"""
+    w = minimp.tensor(np.zeros((3, 2)), dtype=minimp.float16, requires_grad=True)
+    F.embedding(np.zeros(4096, dtype=np.int64), w).sum().backward()
+    assert w.grad.dtype == minimp.float16
+    assert np.array_equal(w.grad.numpy(), np.float16([[4096, 4096], [0, 0], [0, 0]]))
+    float16_running_sum = np.cumsum(np.ones(4096, dtype=np.float16), dtype=np.float16)[-1]
+    assert float16_running_sum == 2048
+
+
+@pytest.mark.parametrize("m, d", [(300.0, 64), (10.0, 1024)])
+def test_layer_norm_statistics_in_float32_survive_what_float16_would_not(m, d):
+    """Activations of magnitude m in float16: at m = 300 the squares (90000) overflow
+    float16; at m = 10 each square (100) and the variance fit, but their sum over
+    d = 1024 (102400 > 65504) does. minimp's float32 statistics give torch's result."""
+    x = np.full((2, d), m, dtype=np.float32)
+    x[:, ::2] = -m
+    x[1] += np.random.default_rng(0).standard_normal(d).astype(np.float32)
+    x16 = x.astype(np.float16)
+    with np.errstate(over="ignore"):
+        naive_sum = np.cumsum(x16 * x16, dtype=np.float16)[-1]  # float16 accumulation
+    assert np.isinf(naive_sum)
+    ours = F.layer_norm(minimp.tensor(x16), (d,))
+    theirs = TF.layer_norm(torch.tensor(x16), (d,))
+    assert ours.dtype == minimp.float16 and np.isfinite(ours.numpy()).all()
+    assert_close(ours.numpy(), theirs.float().numpy(), minimp.float16, "layer_norm")
+
+
+def test_dropout_identity_seeding_and_scale():
+    x = minimp.tensor(np.ones((200, 100)), requires_grad=True)
+    assert F.dropout(x, 0.0) is x and F.dropout(x, 0.5, training=False) is x
+    a = F.dropout(x, 0.3, generator=np.random.default_rng(1))
+    b = F.dropout(x, 0.3, generator=np.random.default_rng(1))
+    assert np.array_equal(a.numpy(), b.numpy())
+    kept = a.numpy() != 0
+    assert abs(1 - kept.mean() - 0.3) < 0.01  # 20000 draws: 4 standard deviations
+    assert np.allclose(a.numpy()[kept], np.float32(1) / np.float32(0.7), rtol=0, atol=0)
+    a.sum().backward()
+    assert np.array_equal(x.grad.numpy(), a.numpy())  # d(x * mask / 0.7)/dx = mask / 0.7
+    ones = minimp.tensor(np.ones(8))
+    assert np.array_equal(F.dropout(ones, 1.0).numpy(), TF.dropout(torch.ones(8), 1.0).numpy())
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda m, x: m.dropout(x, 1.5), ["dropout", "between 0 and 1", "1.5"]),
+        (lambda m, x: m.dropout(x, -0.1), ["dropout", "between 0 and 1"]),
+        (lambda m, x: m.gelu(x, approximate="fast"), ["gelu", "'none' or 'tanh'", "fast"]),
+        (lambda m, x: m.layer_norm(x, (2,)), ["layer_norm", "[2]", "(2, 3)"]),
+        (lambda m, x: x.split([1, 1], 1), ["split", "[1, 1]", "sum to 3"]),
+        (lambda m, x: m.embedding(_idx(m, [0, 5]), x), ["embedding", "[0, 2)", "5"]),
+        (lambda m, x: x.masked_fill(_mask(m, (3, 3)), 0.0), ["masked_fill", "(3, 3)", "(2, 3)"]),
+    ],
+)
+def test_bad_transformer_arguments_are_refused_as_torch_refuses_them(call, words):
+    ours, theirs = _refusals(
+        lambda: call(F, minimp.tensor(X23)), lambda: call(TF, torch.tensor(X23))
+    )
+    assert theirs is not None, "torch accepts it: so must we"
+    assert isinstance(ours, TypeError | ValueError | IndexError), repr(ours)
+    for word in words:
+        assert word in str(ours), (word, str(ours))
+
+
+def _idx(m, values):
+    return np.array(values) if m is F else torch.tensor(values)
+
+
+def _mask(m, shape):
+    mask = np.zeros(shape, dtype=bool)
+    return mask if m is F else torch.tensor(mask)
+
+
+def test_masks_must_be_boolean_arrays():
+    x = minimp.tensor(X23)
+    with pytest.raises(TypeError, match="boolean"):
+        x.masked_fill(np.zeros((2, 3)), 0.0)
+    with pytest.raises(TypeError, match="float Tensor"):
+        F.where(minimp.tensor(X23), x, x)
+    with pytest.raises(TypeError, match="must be a Tensor"):
+        F.where(np.ones((2, 3), bool), 1.0, 0.0)

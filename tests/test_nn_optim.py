@@ -123,3 +123,78 @@ def test_a_deep_copied_optimizer_updates_the_copied_parameters_with_its_state():
         o.step()
     assert twin_w.numpy().tobytes() == w.numpy().tobytes()
     assert twin_opt.state[id(twin_w)]["momentum_buffer"] is not opt.state[id(w)]["momentum_buffer"]
+
+
+# ---- the transformer's modules (issue 13) ------------------------------------------
+
+
+def test_embedding_and_layernorm_initialise_as_torch_and_compute_as_torch():
+    emb = nn.Embedding(1000, 16, generator=np.random.default_rng(0))
+    again = nn.Embedding(1000, 16, generator=np.random.default_rng(0))
+    assert np.array_equal(emb.weight.numpy(), again.weight.numpy())
+    w = emb.weight.numpy()
+    assert abs(w.mean()) < 0.03 and abs(w.std() - 1) < 0.02  # N(0, 1), 16000 draws
+    assert [name for name, _ in emb.named_parameters()] == ["weight"]
+
+    ln = nn.LayerNorm(16)
+    reference = torch.nn.LayerNorm(16)
+    assert [n for n, _ in ln.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    for (_, p), (_, q) in zip(ln.named_parameters(), reference.named_parameters(), strict=True):
+        assert np.array_equal(p.numpy(), q.detach().numpy())
+    idx = np.array([[3, 999, 3]])
+    x = ln(emb(idx))
+    expected = reference(torch.nn.functional.embedding(torch.tensor(idx), torch.tensor(w)))
+    np.testing.assert_allclose(x.numpy(), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert nn.LayerNorm(4, bias=False).bias is None
+    assert nn.LayerNorm(4, elementwise_affine=False).parameters() == []
+
+
+def test_gelu_module_and_dropout_follow_train_and_eval():
+    x = minimp.tensor(np.linspace(-3, 3, 7))
+    for approximate in ("none", "tanh"):
+        expected = torch.nn.GELU(approximate)(torch.tensor(x.numpy())).numpy()
+        # atol: torch's CPU kernel forms 1 + erf(x/sqrt 2), which cancels for x << 0
+        # (4e-5 relative at x = -3); minimp's erfc form is accurate there
+        np.testing.assert_allclose(nn.GELU(approximate)(x).numpy(), expected, rtol=1e-6, atol=3e-7)
+    with pytest.raises(ValueError, match="approximate"):
+        nn.GELU("fast")
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5, generator=np.random.default_rng(0)))
+    ones = minimp.tensor(np.ones((50, 4)))
+    assert (model(ones).numpy() == 0).any()
+    model.eval()
+    assert not model.training and not model[1].training
+    assert not (model(ones).numpy() == 0).any()
+    model.train()
+    assert model[1].training
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        nn.Dropout(2.0)
+
+
+def test_named_parameters_walk_lists_of_modules_with_torchs_names():
+    class Block(nn.Module):
+        def __init__(self):
+            self.ln = nn.LayerNorm(4)
+            self.fc = nn.Linear(4, 4)
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.wte = nn.Embedding(5, 4)
+            self.blocks = [Block(), Block()]
+
+    class TorchBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = torch.nn.LayerNorm(4)
+            self.fc = torch.nn.Linear(4, 4)
+
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = torch.nn.Embedding(5, 4)
+            self.blocks = torch.nn.ModuleList([TorchBlock(), TorchBlock()])
+
+    net = Net()
+    assert list(net.state_dict()) == list(TorchNet().state_dict())
+    net.eval()
+    assert not net.blocks[1].ln.training

@@ -44,10 +44,19 @@ POLICY: dict[str, str] = {
     "sum": FLOAT32,
     "cross_entropy": FLOAT32,
     "mse_loss": FLOAT32,
+    "layer_norm": FLOAT32,
     "add": PROMOTE,
     "sub": PROMOTE,
     "mul": PROMOTE,
     "div": PROMOTE,
+    "where": PROMOTE,  # not on torch's lists: torch.where's own type promotion does it
+    # on none of torch's lists: they run in their input's dtype (no cast), listed so
+    # that policy_table() shows a transformer's every op
+    "embedding": "its input dtype",
+    "gelu": "its input dtype",
+    "dropout": "its input dtype",
+    "masked_fill": "its input dtype",
+    "split": "its input dtype",
 }
 
 
