@@ -1,5 +1,7 @@
 """minimp.regimes: every regime is a policy the loop reads, and nothing else."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,11 @@ def test_the_table_prints_every_regime_with_its_fields():
     assert set(row) == set(ALL_REGIMES)
     assert "float16 (autocast)" in row["amp"] and "fp8, delayed scales" in row["fp8"]
     assert "| float32  | float32 |" in row["mixed-dynamic"].replace(" dynamic", "")
+
+
+def test_the_readme_shows_the_table_the_code_prints():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert regime_table() in readme
 
 
 def test_a_new_regime_is_one_definition():
