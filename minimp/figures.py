@@ -84,8 +84,8 @@ def figure_regimes(results: dict) -> tuple[Figure, dict]:
 
 def figure_memory(config: TrainConfig) -> tuple[Figure, dict]:
     digits = data.load_digits()
-    memory = {name: memory.memory_report(Run(name, digits, config)) for name in REGIMES}
-    return plots.memory_bars(memory, title="Bytes held by one training step, measured"), memory
+    held = {name: memory.memory_report(Run(name, digits, config)) for name in REGIMES}
+    return plots.memory_bars(held, title="Bytes held by one training step, measured"), held
 
 
 def _with(config: TrainConfig, **changes: Any) -> TrainConfig:

@@ -95,6 +95,8 @@ def test_the_readme_table_is_what_the_code_measures(summary):
         if cells[4] != "n/a":
             assert _number(cells[4]) == pytest.approx(100 * row["activation_flushed"], abs=2.0)
         assert _number(cells[5]) == pytest.approx(row["memory"] / 1024, abs=0.5)
+        # the measured peak: the same allocations every run, up to the allocator's own
+        assert _number(cells[6]) == pytest.approx(row["peak_memory"] / 1024, rel=0.05)
 
 
 def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
