@@ -181,3 +181,21 @@ def test_gpt_dropout_is_seeded_and_off_in_eval():
     without = GPT(replace(config, dropout=0.0), generator=np.random.default_rng(0))
     assert eval_loss != train_loss
     assert eval_loss == without(idx, idx)[1].item()  # eval() is the model without dropout
+
+
+def test_the_step_benchmark_times_the_same_work_in_both():
+    """benchmarks/gpt_step.py (no time asserted): both engines train the same model
+    on the same batches, so their losses agree step for step."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "gpt_step.py"
+    spec = importlib.util.spec_from_file_location("gpt_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.compare(batch_size=2, steps=2, repeats=1, warmup=1)
+    ours, theirs = result["losses"]["minimp"], result["losses"]["torch"]
+    assert len(ours) == len(theirs) == 3
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    assert ours[-1] < ours[0]  # it trains
+    assert result["ratio"] > 0
