@@ -24,12 +24,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from minimp import backend
+from minimp.checks import is_int, is_real
 from minimp.tensor import Tensor, compute, float16, float32, ieee, round_to_dtype
 
 if TYPE_CHECKING:  # amp sits below optim in the layers: a type hint, not an import
@@ -50,14 +50,6 @@ def _f32(x: float) -> float:
     """``x`` rounded to float32, as a Python float: PyTorch keeps the scale in a float32 tensor."""
     with ieee():
         return float(np.float32(x))
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, Integral) and not isinstance(x, bool)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class LossScaleUnderflowError(RuntimeError):
@@ -114,19 +106,19 @@ class ScalerConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if not (_is_real(self.growth_factor) and self.growth_factor > 1):
+        if not (is_real(self.growth_factor) and self.growth_factor > 1):
             problems.append(
                 f"growth_factor must be a finite number > 1, got {self.growth_factor!r}"
             )
-        if not (_is_real(self.backoff_factor) and 0 < self.backoff_factor < 1):
+        if not (is_real(self.backoff_factor) and 0 < self.backoff_factor < 1):
             problems.append(f"backoff_factor must lie in (0, 1), got {self.backoff_factor!r}")
-        if not (_is_int(self.growth_interval) and self.growth_interval >= 1):
+        if not (is_int(self.growth_interval) and self.growth_interval >= 1):
             problems.append(f"growth_interval must be an int >= 1, got {self.growth_interval!r}")
-        if not (_is_int(self.hysteresis) and self.hysteresis >= 1):
+        if not (is_int(self.hysteresis) and self.hysteresis >= 1):
             problems.append(f"hysteresis must be an int >= 1, got {self.hysteresis!r}")
         for name in ("min_scale", "max_scale"):
             value = getattr(self, name)
-            if value is not None and not (_is_real(value) and _f32(value) > 0):
+            if value is not None and not (is_real(value) and _f32(value) > 0):
                 problems.append(f"{name} must be None or a positive float32 number, got {value!r}")
         if not problems and None not in (self.min_scale, self.max_scale):
             if self.min_scale > self.max_scale:
@@ -144,7 +136,7 @@ class ScalerConfig:
 
     def check_scale(self, name: str, value: Any) -> float:
         """``value`` as a float32 scale, or a ValueError saying why it cannot be one."""
-        if not (_is_real(value) and value > 0 and 0 < _f32(value) < math.inf):
+        if not (is_real(value) and value > 0 and 0 < _f32(value) < math.inf):
             raise ValueError(f"{name} must be a positive finite float32 number, got {value!r}")
         with ieee():
             if not np.isfinite(np.float32(1.0 / _f32(value))):
@@ -491,7 +483,7 @@ class GradScaler:
                 "_overflow_streak": (sd.get("_overflow_streak", 0), 0, math.inf),
             }
             for name, (value, low, high) in counters.items():
-                if not (_is_int(value) and low <= value <= high):
+                if not (is_int(value) and low <= value <= high):
                     raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
         except ValueError as error:
             raise ValueError(f"bad GradScaler state dict, nothing was loaded: {error}") from None

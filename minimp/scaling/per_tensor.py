@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import numpy as np
 
 from minimp import backend
+from minimp.checks import is_int
 from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format, round_to
 
 __all__ = [
@@ -69,9 +70,9 @@ class DelayedScaling:
 
     def __post_init__(self) -> None:
         problems = []
-        if not (_is_int(self.margin) and self.margin >= 0):
+        if not (is_int(self.margin) and self.margin >= 0):
             problems.append(f"margin must be an int >= 0, got {self.margin!r}")
-        if not (_is_int(self.amax_history_len) and self.amax_history_len >= 1):
+        if not (is_int(self.amax_history_len) and self.amax_history_len >= 1):
             problems.append(f"amax_history_len must be an int >= 1, got {self.amax_history_len!r}")
         if not isinstance(self.scaling, bool):
             problems.append(f"scaling must be True or False, got {self.scaling!r}")
@@ -101,15 +102,11 @@ class CurrentScaling:
     scaling = True
 
     def __post_init__(self) -> None:
-        if not (_is_int(self.margin) and self.margin >= 0):
+        if not (is_int(self.margin) and self.margin >= 0):
             raise ValueError(
                 f"invalid CurrentScaling recipe: margin must be an int >= 0, got {self.margin!r}"
             )
         object.__setattr__(self, "margin", int(self.margin))
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, Integral) and not isinstance(x, bool)
 
 
 def _amax(x: Any, xp: Any) -> float:
