@@ -1,10 +1,9 @@
 """The data sets minimp trains on, as plain NumPy arrays.
 
-One real data set ships inside the package (`load_digits`), so no lesson or test
-downloads anything, and one synthetic task (`make_teacher_student`) lets a lesson
-turn a single knob, the scale of the inputs, and watch gradients sink into
-float16's subnormal and flush-to-zero range for an honest reason. `batches` walks
-a data set in seeded, shuffled minibatches.
+Two real data sets ship inside the package, so no lesson or test downloads
+anything: the 8x8 digits (`load_digits`) for the MLP and tiny Shakespeare
+(`load_shakespeare`) for the character-level GPT. `batches` walks a data set in
+seeded, shuffled minibatches.
 
 This is the top of the data layer and imports nothing from minimp: features come
 back as float32 arrays, labels as int64 class indices (what PyTorch's
@@ -36,7 +35,6 @@ __all__ = [
     "batches",
     "load_digits",
     "load_shakespeare",
-    "make_teacher_student",
 ]
 
 DIGITS_PATH = Path(__file__).with_name("datasets") / "digits.npz"
@@ -138,63 +136,6 @@ def load_digits(
     # shifts the exponent.
     x = images.astype(np.float32) / np.float32(16)
     return _split(x, labels.astype(np.int64), test_fraction, seed, "digits", 10)
-
-
-def make_teacher_student(
-    n_samples: int = 2048,
-    n_features: int = 32,
-    n_classes: int = 10,
-    *,
-    input_scale: float = 1.0,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Dataset:
-    """A synthetic task whose input scale is a free knob and nothing else changes.
-
-    A fixed random linear "teacher" labels Gaussian inputs; a student network
-    learns to imitate it:
-
-        z ~ N(0, 1), shape (n_samples, n_features)      # float64
-        W ~ N(0, 1), shape (n_features, n_classes)      # the teacher
-        y = argmax(z @ W, axis=1)
-        x = float32(input_scale * z)
-
-    Why this task: argmax(z @ W) does not depend on the length of z, so for one
-    seed the labels are identical at every `input_scale` and the task is the same
-    problem; only the magnitudes the network sees change. The gradient of a
-    first-layer weight is proportional to its input, so shrinking `input_scale`
-    (say to 1e-4) pushes those gradients below float16's smallest normal 2^-14 and
-    subnormal 2^-24, where pure-fp16 training loses them and loss scaling brings
-    them back (Micikevicius et al. 2018, sec. 3.3). The classes are linearly
-    separable, so the loss can approach zero late in training, the other honest
-    way gradients shrink into underflow. The classes are not balanced (each is
-    the set of inputs where one teacher logit wins); the split is stratified as in
-    `load_digits`.
-    """
-    for arg, value, low in (
-        ("n_samples", n_samples, 2),
-        ("n_features", n_features, 1),
-        ("n_classes", n_classes, 2),
-    ):
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
-    # Far inside float32's range, so x = input_scale * z neither overflows nor
-    # flushes to zero in float32: any underflow a lesson shows happens in fp16.
-    if (
-        not isinstance(input_scale, Real)
-        or isinstance(input_scale, bool)
-        or not 1e-30 <= input_scale <= 1e30
-    ):
-        raise ValueError(f"input_scale must be a number in [1e-30, 1e30], got {input_scale!r}")
-    _check_fraction(test_fraction)
-    _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n_samples, n_features))
-    teacher = rng.standard_normal((n_features, n_classes))
-    y = np.argmax(z @ teacher, axis=1).astype(np.int64)
-    x = (input_scale * z).astype(np.float32)
-    name = f"teacher_student(scale={input_scale:g})"
-    return _split(x, y, test_fraction, seed, name, int(n_classes))
 
 
 def batches(

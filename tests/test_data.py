@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minimp import data
-from minimp.data import Dataset, batches, load_digits, make_teacher_student
+from minimp.data import Dataset, batches, load_digits
 
 # Images per class 0..9 in sklearn.datasets.load_digits (checked against
 # scikit-learn 1.9.1 when the file was made).
@@ -146,66 +146,7 @@ def test_missing_file_is_reported_by_name(tmp_path):
         load_digits(path=tmp_path / "nowhere.npz")
 
 
-# --- the synthetic task ------------------------------------------------------------------
-
-
-def test_teacher_student_shapes_and_dtypes():
-    ds = make_teacher_student(n_samples=500, n_features=7, n_classes=4, seed=1)
-    assert ds.n_features == 7 and ds.n_classes == 4
-    assert len(ds.y_train) + len(ds.y_test) == 500
-    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
-    assert set(np.unique(np.concatenate([ds.y_train, ds.y_test]))) <= set(range(4))
-
-
-def test_teacher_student_labels_do_not_depend_on_input_scale():
-    big = make_teacher_student(input_scale=1.0, seed=2)
-    small = make_teacher_student(input_scale=1e-4, seed=2)
-    assert np.array_equal(big.y_train, small.y_train)
-    assert np.array_equal(big.y_test, small.y_test)
-    np.testing.assert_allclose(small.x_train, 1e-4 * big.x_train, rtol=1e-6)
-    assert 0.9e-4 < small.x_train.std() < 1.1e-4
-    # the point of the knob: at this scale P(|z| < 2^-14 / 1e-4) = 46% of the inputs
-    # are already below fp16's smallest normal
-    assert 0.42 < (np.abs(small.x_train) < 2.0**-14).mean() < 0.50
-
-
-def test_teacher_student_is_a_learnable_nontrivial_task():
-    ds = make_teacher_student(n_samples=4000, n_features=16, n_classes=5, seed=0)
-    # several classes actually occur, none dominates
-    counts = np.bincount(ds.y_train, minlength=5)
-    assert counts.min() > 0 and counts.max() < 0.5 * counts.sum()
-    # linearly separable: least squares on one-hot targets already beats chance by far
-    w, *_ = np.linalg.lstsq(ds.x_train, np.eye(5)[ds.y_train], rcond=None)
-    assert (np.argmax(ds.x_test @ w, axis=1) == ds.y_test).mean() > 0.6
-
-
-def test_teacher_student_is_deterministic():
-    a, b = make_teacher_student(seed=5), make_teacher_student(seed=5)
-    c = make_teacher_student(seed=6)
-    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
-    assert not np.array_equal(a.x_train[:5], c.x_train[:5])
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "word"),
-    [
-        ({"n_samples": 1}, "n_samples"),
-        ({"n_features": 0}, "n_features"),
-        ({"n_classes": 1}, "n_classes"),
-        ({"n_classes": 2.0}, "n_classes"),
-        ({"input_scale": 0.0}, "input_scale"),
-        ({"input_scale": -1.0}, "input_scale"),
-        ({"input_scale": float("nan")}, "input_scale"),
-        ({"input_scale": 1e-40}, "input_scale"),
-        ({"test_fraction": 1.0}, "test_fraction"),
-    ],
-)
-def test_teacher_student_rejects_bad_arguments(kwargs, word):
-    with pytest.raises(ValueError, match=word):
-        make_teacher_student(**kwargs)
-
-
-# --- Dataset -----------------------------------------------------------------------------
+# --- Dataset and batches -----------------------------------------------------------------
 
 
 def _arrays(n=10, d=3):
