@@ -4,7 +4,7 @@
 
 Same shape (minimp.gpt.GPTConfig's default), same weights (copied from minimp's
 state_dict by name), same batches of tiny Shakespeare; a step is forward, loss,
-backward and an Adam update, timed with minimp.bench.time_interleaved (median of
+backward and an Adam update, timed with minimp.tools.bench.time_interleaved (median of
 interleaved blocks, so a load that comes and goes falls on both alike). Prints
 the step times and their ratio; only the ratio measured in one run means anything.
 """
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from minimp import data, optim
-from minimp.bench import time_interleaved
 from minimp.gpt import GPT, GPTConfig
+from minimp.tools.bench import time_interleaved
 
 F = torch.nn.functional
 

@@ -74,7 +74,7 @@ def demo(steps: int = 300, seed: int = 0) -> dict[str, float]:
 
 def regimes(seeds: int = 3, setting: str = "default") -> str:
     """Train the regimes of a documented setting over several seeds; print the README table."""
-    from minimp import experiments
+    from minimp.tools import experiments
     from minimp.train import ALL_REGIMES, LARGE_BATCH_ADAM, TrainConfig
 
     config, names = {
@@ -98,7 +98,7 @@ def bench(device: str = "cpu", quick: bool = False, json_path: str | None = None
     """Run the benchmark, print its Markdown report, and write the JSON if asked."""
     import json
 
-    from minimp import bench as benchmark
+    from minimp.tools import bench as benchmark
 
     result = benchmark.run_benchmark(device, quick, log=lambda line: print(line, flush=True))
     print()
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"argument --json: cannot write {args.json}: {folder} is not a writable folder"
             )
     if args.command in (None, "lessons", "figures"):
-        from minimp import lessons
+        from minimp.tools import lessons
 
         names = getattr(args, "names", [])
         chosen = [p for p in lessons.lesson_paths() if not names or p.name.startswith(tuple(names))]
@@ -169,8 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         for path in chosen:
             lessons.run_lesson(path)
     elif args.command == "notebooks":
-        from minimp import lessons
+        from minimp.tools import lessons
 
+        if not lessons.IN_CHECKOUT:
+            parser.error(
+                "notebooks rewrites the committed notebooks of a checkout, and this minimp "
+                f"is installed ({lessons.NOTEBOOKS}): clone the repository and run it there, "
+                "or open the installed notebooks with jupyter"
+            )
         for path in lessons.write_notebooks(execute=not args.no_execute):
             print(f"wrote {path}")
     elif args.command == "demo":

@@ -35,10 +35,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import minimp
-from minimp import formats, plots
+from minimp import formats
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure, show
-from minimp.plots import COLORS
+from minimp.tools import plots
+from minimp.tools.lessons import QUICK, measured, save_figure, show
+from minimp.tools.plots import COLORS
 
 # The formats this lesson compares (minimp.formats also has the fp6/fp4 MX elements and
 # the e8m0 block scale, for per-block scaling)
@@ -477,7 +478,7 @@ measured(
 # %%
 fig = Figure(figsize=(6.4, 4.2), layout="constrained")
 ax = fig.add_subplot()
-# The colours of minimp.plots: float16's for the float16 sum, float32's for float32's.
+# The colours of minimp.tools.plots: float16's for the float16 sum, float32's for float32's.
 ax.loglog(K_VALUES, errors["best_fp16"], color="0.75", lw=6, label="exact, rounded to float16")
 ax.loglog(K_VALUES, errors["fp32_acc"], "s-", color=COLORS["float32"], label="(a) float32 sum")
 ax.loglog(K_VALUES, errors["fp16_acc"], "o-", color=COLORS["float16"], label="(b) float16 sum")

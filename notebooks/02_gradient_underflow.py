@@ -36,10 +36,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import minimp
-import minimp.figures
+import minimp.tools.figures
 from minimp import formats, stats
 from minimp.formats import FLOAT16
-from minimp.lessons import QUICK, measured, save_figure, show
+from minimp.tools.lessons import QUICK, measured, save_figure, show
 from minimp.train import Run, TrainConfig
 
 STEPS = 600 if QUICK else 2000  # training steps ("late" = the end); 2000 is the README's run
@@ -307,7 +307,7 @@ measured(
 #
 # The README's version of the paper's Figure 3 comes from a mixed-precision run: float16
 # model, float32 master weights (lesson 3), and a *dynamic* loss scale that a scaler
-# adjusts during training (lesson 4). `minimp.figures.figure_underflow_histogram` trains
+# adjusts during training (lesson 4). `minimp.tools.figures.figure_underflow_histogram` trains
 # nothing itself; given the trained run, it takes the activation gradients of a batch
 # (from a float32 twin of the model, as above), draws the histogram unscaled and at the
 # scale the dynamic scaler settled on, and brackets the advisor's window. With the
@@ -316,7 +316,7 @@ measured(
 # %%
 dynamic = Run("mixed-dynamic", digits, CONFIG)
 dynamic.train()
-fig, drawn = minimp.figures.figure_underflow_histogram(dynamic)
+fig, drawn = minimp.tools.figures.figure_underflow_histogram(dynamic)
 save_figure(fig, "underflow_histogram")
 w_low, w_high = drawn["window"]
 settled = drawn["settled_scale"]
@@ -342,7 +342,7 @@ show(fig)
 # %% [markdown]
 # ## 7. Underflow per layer over training
 #
-# Sections 3 and 4 looked at two moments. `minimp.figures.figure_layer_underflow` trains
+# Sections 3 and 4 looked at two moments. `minimp.tools.figures.figure_layer_underflow` trains
 # a `mixed-noscale` run (float16 compute, float32 master weights, no loss scale) and, at
 # regular intervals during training, records for each layer the share of nonzero
 # gradients float16 flushes, measured as above from a float32 twin (with the
@@ -350,7 +350,7 @@ show(fig)
 # `layer_underflow`; it calls the layers 1 (input), 2 and 3 (output).
 
 # %%
-fig, drawn = minimp.figures.figure_layer_underflow(CONFIG)
+fig, drawn = minimp.tools.figures.figure_layer_underflow(CONFIG)
 save_figure(fig, "layer_underflow")
 records = drawn["records"]
 over_time = {}

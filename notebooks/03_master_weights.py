@@ -36,13 +36,14 @@ import numpy as np
 
 import minimp
 import minimp.data
-import minimp.experiments
 import minimp.memory
+import minimp.tools.experiments
 import minimp.train
-from minimp import formats, nn, optim, plots
+from minimp import formats, nn, optim
 from minimp.amp import MasterWeights
 from minimp.formats import FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure, show
+from minimp.tools import plots
+from minimp.tools.lessons import QUICK, measured, save_figure, show
 
 K_SWEEP = range(6, 15)  # updates u = 2^-k tried on the weight w = 1.0
 WEIGHTS = (0.01, 0.1, 0.3, 0.7, 1.0, 3.0, 10.0, 100.0, 1000.0)  # weights whose threshold we find
@@ -280,7 +281,7 @@ measured(
 
 # %%
 digits = minimp.data.load_digits()
-results = minimp.experiments.compare_regimes(digits, CONFIG, REGIMES, seeds=(0,))
+results = minimp.tools.experiments.compare_regimes(digits, CONFIG, REGIMES, seeds=(0,))
 history = {name: runs[0][0] for name, runs in results.items()}  # seed 0's History
 
 lost_early, lost_late, loss_early, loss_late = {}, {}, {}, {}
@@ -332,8 +333,8 @@ show(fig)
 # evaluation on held-out digits.
 
 # %%
-summary = {row["regime"]: row for row in minimp.experiments.summarize(results)}
-ratios_to_fp32 = {name: r[0] for name, r in minimp.experiments.loss_ratios(results).items()}
+summary = {row["regime"]: row for row in minimp.tools.experiments.summarize(results)}
+ratios_to_fp32 = {name: r[0] for name, r in minimp.tools.experiments.loss_ratios(results).items()}
 print(f"{'regime':14} {'final loss':>11} {'÷ fp32':>7} {'test accuracy':>14}")
 for name in REGIMES:
     print(

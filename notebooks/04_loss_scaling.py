@@ -35,12 +35,13 @@ import textwrap
 import numpy as np
 
 import minimp
-import minimp.figures
 import minimp.functional as F
-from minimp import data, experiments, nn, optim, plots, stats
+import minimp.tools.figures
+from minimp import data, nn, optim, stats
 from minimp.amp import GradScaler, LossScaleUnderflowError, MasterWeights, StaticGradScaler
 from minimp.formats import FLOAT16
-from minimp.lessons import QUICK, measured, save_figure, show
+from minimp.tools import experiments, plots
+from minimp.tools.lessons import QUICK, measured, save_figure, show
 from minimp.train import Run, TrainConfig
 
 SEED = 0  # initialisation and data order of every model below
@@ -476,8 +477,8 @@ show(fig)
 # %% [markdown]
 # ## 5. The scale over a real run
 #
-# `minimp.experiments.compare_regimes` trains the `mixed-static` (constant S) and
-# `mixed-dynamic` regimes on the digits with `CONFIG`; `minimp.figures.figure_loss_scale`
+# `minimp.tools.experiments.compare_regimes` trains the `mixed-static` (constant S) and
+# `mixed-dynamic` regimes on the digits with `CONFIG`; `minimp.tools.figures.figure_loss_scale`
 # draws both scales over the run. With the full lesson's default config this is the
 # README figure `loss_scale`.
 
@@ -489,7 +490,7 @@ print(
 results = experiments.compare_regimes(
     digits, CONFIG, ("mixed-static", "mixed-dynamic"), seeds=(SEED,)
 )
-fig, _ = minimp.figures.figure_loss_scale(results)
+fig, _ = minimp.tools.figures.figure_loss_scale(results)
 save_figure(fig, "loss_scale")
 static_h, dynamic_h = results["mixed-static"][0][0], results["mixed-dynamic"][0][0]
 skipped_at = [s for s, k in zip(dynamic_h.step, dynamic_h.skipped, strict=True) if k]

@@ -38,14 +38,14 @@ from dataclasses import replace
 import numpy as np
 
 import minimp.data
-import minimp.experiments
-import minimp.figures
 import minimp.memory
 import minimp.stats
+import minimp.tools.experiments
+import minimp.tools.figures
 from minimp import formats
 from minimp.formats import BFLOAT16, FLOAT16, FLOAT32
-from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.regimes import regime_table
+from minimp.tools.lessons import QUICK, measured, save_figure, show
 from minimp.train import LARGE_BATCH_ADAM, REGIMES, Run, TrainConfig
 
 CONFIG = TrainConfig()  # the README's digits setting: MLP 64-128-128-10, SGD, 2000 steps
@@ -119,7 +119,7 @@ measured(regimes=list(REGIMES), steps=CONFIG.steps, seeds=list(SEEDS))
 # %% [markdown]
 # ## 2. Train them all
 #
-# `minimp.experiments.compare_regimes` trains every regime once per seed. At four points
+# `minimp.tools.experiments.compare_regimes` trains every regime once per seed. At four points
 # of each 16-bit run it also looks at what the format does to the gradients: it runs
 # the same batch through a float32 twin of the network (the master weights, or the
 # weights widened to float32), multiplies the float32 gradients by the run's loss scale,
@@ -127,7 +127,7 @@ measured(regimes=list(REGIMES), steps=CONFIG.steps, seeds=list(SEEDS))
 # underflowed is just 0, so only the float32 twin can tell it from a true zero.
 
 # %%
-results = minimp.experiments.compare_regimes(digits, CONFIG, tuple(REGIMES), seeds=SEEDS)
+results = minimp.tools.experiments.compare_regimes(digits, CONFIG, tuple(REGIMES), seeds=SEEDS)
 print(f"trained {len(REGIMES)} regimes x {len(SEEDS)} seed(s) x {CONFIG.steps} steps")
 
 # %% [markdown]
@@ -143,10 +143,10 @@ print(f"trained {len(REGIMES)} regimes x {len(SEEDS)} seed(s) x {CONFIG.steps} s
 # layers' outputs that the regime's format turns into zero at the run's loss scale.
 
 # %%
-rows = minimp.experiments.summarize(results)
-table = minimp.experiments.markdown_table(rows)
+rows = minimp.tools.experiments.summarize(results)
+table = minimp.tools.experiments.markdown_table(rows)
 summary = {row["regime"]: row for row in rows}
-ratios = minimp.experiments.loss_ratios(results)
+ratios = minimp.tools.experiments.loss_ratios(results)
 
 
 def show_markdown(text: str) -> None:
@@ -193,7 +193,7 @@ measured(
 # band.
 
 # %%
-fig, _ = minimp.figures.figure_regimes(results)
+fig, _ = minimp.tools.figures.figure_regimes(results)
 save_figure(fig, "regimes")
 show(fig)
 
@@ -313,7 +313,7 @@ print(f"test accuracies span {accuracy_spread:.2%}")
 # by category). This is the README's `memory` figure.
 
 # %%
-fig, memory = minimp.figures.figure_memory(CONFIG)
+fig, memory = minimp.tools.figures.figure_memory(CONFIG)
 save_figure(fig, "memory")
 totals = {name: sum(m.values()) for name, m in memory.items()}
 for name, total in totals.items():

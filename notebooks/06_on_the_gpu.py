@@ -40,10 +40,11 @@ from matplotlib.figure import Figure
 import minimp
 import minimp.data
 import minimp.functional as F
-from minimp import backend, bench, nn, optim
+from minimp import backend, nn, optim
 from minimp.amp import GradScaler, MasterWeights
-from minimp.lessons import QUICK, measured, save_figure, show
-from minimp.plots import COLORS
+from minimp.tools import bench
+from minimp.tools.lessons import QUICK, measured, save_figure, show
+from minimp.tools.plots import COLORS
 from minimp.train import Run, TrainConfig
 
 DEVICE = "cuda" if backend.cuda_available() else "cpu"  # the device everything runs on
@@ -215,7 +216,7 @@ measured(
 # A single timing of a single step says little: the first steps pay for allocating
 # memory (and, on a GPU, for compiling CuPy's kernels and setting up cuBLAS), other
 # programs steal time at random, and a GPU runs its kernels *asynchronously*, so the
-# Python call can return before the work is done. `minimp.bench.time_training_steps`
+# Python call can return before the work is done. `minimp.tools.bench.time_training_steps`
 # (`compare_training_steps` for several regimes at once) therefore:
 #
 # - builds each regime from the same seed, on the same batches, moved to the device

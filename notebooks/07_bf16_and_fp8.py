@@ -41,11 +41,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from minimp import data, formats, plots, stats
+from minimp import data, formats, stats
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32
 from minimp.fp8 import Fp8Linear, TensorScaling
-from minimp.lessons import QUICK, measured, save_figure, show
 from minimp.tensor import no_grad, tensor
+from minimp.tools import plots
+from minimp.tools.lessons import QUICK, measured, save_figure, show
 from minimp.train import BEYOND_FP16, LARGE_BATCH_ADAM, Run, TrainConfig
 
 # Section 2 (and the check at the end of 3): the README's digits setting, SGD, batch 64.

@@ -48,10 +48,10 @@ import numpy as np
 import minimp
 import minimp.data
 import minimp.memory
-import minimp.plots
+import minimp.tools.plots
 from minimp import optim
 from minimp.formats import BFLOAT16
-from minimp.lessons import QUICK, measured, save_figure, show
+from minimp.tools.lessons import QUICK, measured, save_figure, show
 from minimp.train import ALL_REGIMES, Run, TrainConfig
 
 REGIMES = ("fp32", "bf16", "bf16-pure", "bf16-sr", "bf16-kahan")  # the five runs of section 3
@@ -270,7 +270,7 @@ trace = {
     "stochastic_std": sr_std,
     "kahan": kahan,
 }
-fig = minimp.plots.one_weight_rounding(trace, ulp)
+fig = minimp.tools.plots.one_weight_rounding(trace, ulp)
 save_figure(fig, "08_one_weight")
 show(fig)
 
@@ -417,7 +417,7 @@ measured(
 # versus delivered late in training, and the bytes per parameter of section 1.
 
 # %%
-fig = minimp.plots.pure16(
+fig = minimp.tools.plots.pure16(
     {name: {"step": h.step, "loss": h.loss} for name, h in history.items()},
     {name: {"unchanged": unchanged[name], "delivered": delivered[name]} for name in REGIMES},
     per_param,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from minimp.lessons import lesson_paths
+from minimp.tools.lessons import lesson_paths
 
 
 def lesson_env(out_dir) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 import minimp
 import minimp.functional as F
 from minimp import amp, backend, nn, optim
-from minimp.baselines import NumpyMLP, TorchMLP, initial_weights, torch_available
+from minimp.tools.baselines import NumpyMLP, TorchMLP, initial_weights, torch_available
 
 needs_torch = pytest.mark.skipif(not torch_available(), reason="needs PyTorch")
 CATEGORIES = {"parameters", "master weights", "gradients", "optimizer state", "activations"}

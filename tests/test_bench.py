@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from minimp import backend, bench, data, memory
+from minimp import backend, data, memory
+from minimp.tools import bench
 from minimp.train import REGIMES, Run, TrainConfig
 
 DIGITS = data.load_digits()
@@ -164,7 +165,7 @@ def test_the_benchmark_command_runs_in_quick_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["quick"] and "quick mode" in out
-    from minimp.baselines import torch_available
+    from minimp.tools.baselines import torch_available
 
     expected = [b for b in bench.BASELINES if torch_available() or not b.startswith("torch")]
     for name, workload in result["workloads"].items():

@@ -3,7 +3,7 @@ figure the README shows is there. ``python -m minimp figures`` runs the lessons.
 
 import re
 
-from minimp.lessons import CHECKOUT, FIGURES_DIR, lesson_paths
+from minimp.tools.lessons import CHECKOUT, FIGURES_DIR, lesson_paths
 
 # A lesson names each figure it saves as a string literal in its save_figure(...) call.
 SAVED = re.compile(r"save_figure\((?:[^()]|\([^()]*\))*\)")

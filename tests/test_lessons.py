@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from conftest import lesson_env
 
-from minimp.lessons import (
+from minimp.tools.lessons import (
     comparable_outputs,
     execute_notebook,
     lesson_paths,

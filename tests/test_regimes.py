@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minimp import data, experiments
+from minimp import data
+from minimp.tools import experiments
 from minimp.train import LARGE_BATCH_ADAM, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"

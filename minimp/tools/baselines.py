@@ -25,7 +25,7 @@ generator=np.random.default_rng(seed))`` draws, and moves its batches to the dev
 and dtype once, before any clock starts. Calling it trains one step on the next
 batch (cycling) and returns the loss as a device scalar, without synchronising the
 device; ``loss_value()`` reads it as a float. Any of them can be handed to
-``minimp.bench.time_steps``.
+``minimp.tools.bench.time_steps``.
 
 On the CPU, NumPy has no float16 BLAS (its float16 matmul is 250-300x slower than
 float32's), so "float16 matmul, float32 accumulation" is computed as minimp does it:
@@ -313,7 +313,7 @@ def _torch() -> Any:
         raise ImportError(
             "TorchMLP needs PyTorch, which is not installed: pip install torch (the CPU "
             "build is enough on a CPU), or leave the PyTorch baselines out "
-            "(minimp.baselines.torch_available() says whether they can run)"
+            "(minimp.tools.baselines.torch_available() says whether they can run)"
         ) from None
     return torch
 

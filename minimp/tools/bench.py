@@ -8,7 +8,7 @@ The method, the same for every regime so that ratios measured in one run are fai
   the training loop runs (forward in the regime's dtype, loss in float32 with
   master weights, scale, backward, copy gradients to the masters, unscale, step or
   skip, update the scale, refresh the 16-bit weights), without its bookkeeping.
-  The baselines (``minimp.baselines``: the same network by hand in NumPy/CuPy,
+  The baselines (``minimp.tools.baselines``: the same network by hand in NumPy/CuPy,
   and in PyTorch eager) start from the same weights and take the same batches.
 - **Data already there.** The batches are drawn once, converted to the regime's
   dtype and moved to the device before any clock starts, as a data loader would
@@ -173,12 +173,12 @@ class _RunSteps:
         return memory_report(self.run)
 
 
-# The same network written without minimp, side by side with it (minimp.baselines).
+# The same network written without minimp, side by side with it (minimp.tools.baselines).
 BASELINES = ("numpy fp32", "numpy mixed", "torch fp32", "torch amp")
 
 
 def _baseline(name: str, config: TrainConfig, batches: Sequence[Any], device: str) -> Any:
-    from minimp import baselines
+    from minimp.tools import baselines
 
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
@@ -371,8 +371,8 @@ def run_benchmark(
     each of the device's ``WORKLOADS``, all in this one run, and check ``TARGETS``.
     ``quick`` takes 2 blocks of 2 steps, enough to show the benchmark works, not to
     measure. Returns a JSON-ready dict; ``report`` formats it."""
-    from minimp import baselines as baseline_module
     from minimp.tensor import bfloat16
+    from minimp.tools import baselines as baseline_module
     from minimp.train import REGIMES
 
     backend.check_device(device)

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from minimp import data, formats, memory, plots, stats
+from minimp import data, formats, memory, stats
+from minimp.tools import plots
 from minimp.train import REGIMES, Run, TrainConfig
 
 

@@ -34,10 +34,12 @@ _blas_limit = threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 # MINIMP_QUICK=1: the tests run each lesson shortened (fewer steps and seeds).
 QUICK = os.environ.get("MINIMP_QUICK") == "1"
 # In a checkout the lessons are notebooks/ beside the package, and their figures go to
-# figures/ there; without one (an installed package), figures go to ./figures.
-CHECKOUT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = CHECKOUT / "notebooks"
-FIGURES_DIR = CHECKOUT / "figures" if NOTEBOOKS.is_dir() else Path.cwd() / "figures"
+# figures/ there. An installed package carries the lessons' scripts and notebooks as
+# minimp/notebooks (pyproject.toml maps the folder in), and its figures go to ./figures.
+CHECKOUT = Path(__file__).resolve().parents[2]
+IN_CHECKOUT = (CHECKOUT / "notebooks").is_dir() and (CHECKOUT / "pyproject.toml").is_file()
+NOTEBOOKS = CHECKOUT / "notebooks" if IN_CHECKOUT else CHECKOUT / "minimp" / "notebooks"
+FIGURES_DIR = CHECKOUT / "figures" if IN_CHECKOUT else Path.cwd() / "figures"
 # Where lessons save their figures (the tests point this at a temporary folder).
 FIGURES = Path(os.environ.get("MINIMP_FIGURES") or FIGURES_DIR)
 DPI = 110

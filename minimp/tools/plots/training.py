@@ -1,0 +1,88 @@
+"""The regimes side by side: loss and accuracy over training (lesson 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from minimp.tools.plots.palette import (
+    LINESTYLES,
+    WIDE,
+    color_of,
+    moving_average,
+    seed_stats,
+)
+
+
+def regimes_compared(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    smooth: int = 50,
+    title: str | None = None,
+    figsize: tuple[float, float] = WIDE,
+) -> Figure:
+    """Training loss (left, log scale) and test accuracy (right) of each regime.
+
+    ``histories[regime]`` holds one history per seed ("step", "loss", "eval_step",
+    "test_accuracy"). Lines are the mean over seeds, bands the min-max over
+    seeds; the loss is first smoothed per seed by a ``smooth``-step trailing moving
+    average. fp32 (thick black) is the reference the mixed regimes must match
+    (Micikevicius et al. 2018, sec. 4). A seed whose loss became NaN/inf is left
+    out from there on, and the legend says how many seeds did.
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    n_seeds = max((len(runs) for runs in histories.values()), default=0)
+    for i, (name, runs) in enumerate(histories.items()):
+        if not runs:
+            continue
+        style = {
+            "color": color_of(name, i),
+            "ls": LINESTYLES.get(name, "-"),
+            "lw": 2.6 if name == "fp32" else 1.6,
+            "zorder": 2 if name == "fp32" else 3,
+        }
+        n = min(len(r["loss"]) for r in runs)
+        stack = np.array([moving_average(np.asarray(r["loss"][:n], float), smooth) for r in runs])
+        stack[stack <= 0] = np.nan
+        mean, low, high = seed_stats(stack)
+        step = np.asarray(runs[0]["step"][:n])
+        broken = sum(not np.all(np.isfinite(np.asarray(r["loss"], float))) for r in runs)
+        label = name + (f" (NaN/inf loss in {broken} of {len(runs)} seeds)" if broken else "")
+        ax_loss.plot(step, mean, label=label, **style)
+        ax_loss.fill_between(step, low, high, color=style["color"], alpha=0.15, lw=0)
+
+        m = min(len(r["test_accuracy"]) for r in runs)
+        acc = np.array([np.asarray(r["test_accuracy"][:m], float) for r in runs])
+        mean, low, high = seed_stats(acc)
+        eval_step = np.asarray(runs[0]["eval_step"][:m])
+        ax_acc.plot(eval_step, mean, **style)
+        ax_acc.fill_between(eval_step, low, high, color=style["color"], alpha=0.15, lw=0)
+    ax_loss.set_yscale("log")
+    if not any(np.isfinite(line.get_ydata()).any() for line in ax_loss.lines):
+        ax_loss.set_ylim(1e-2, 1e1)  # every run diverged: keep the log axis drawable
+    ax_loss.set_xlabel("training step")
+    ax_loss.set_ylabel("training loss (cross-entropy, log scale)")
+    ax_loss.set_title(f"Training loss, {smooth}-step moving average", fontsize=10)
+    ax_acc.set_xlabel("training step")
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    ax_acc.set_title("Test accuracy", fontsize=10)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3, which="major")
+    fig.legend(
+        loc="outside lower center",
+        ncols=min(max(len(histories), 1), 3),
+        fontsize=9,
+        frameon=False,
+    )
+    seeds = f"mean of {n_seeds} seeds, band = min–max" if n_seeds > 1 else "one seed"
+    fig.suptitle(
+        title or f"Precision regimes on the same task ({seeds}); fp32 is the reference",
+        fontsize=11,
+    )
+    return fig
