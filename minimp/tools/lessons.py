@@ -4,9 +4,9 @@ record of what each lesson measured.
 A lesson is a Jupytext percent-format script, ``notebooks/NN_topic.py``, paired
 with the notebook ``NN_topic.ipynb`` generated from it (``python -m minimp
 notebooks``). It runs as a script, ``python notebooks/NN_topic.py``, or cell by
-cell in Jupyter. Every number its text claims is computed in a cell above the
-claim and passed to ``measured``, so the tests can check the claim against the
-code that makes it.
+cell in Jupyter. Every sentence its text states about a measurement is checked by
+``claim`` in the code cell beside it, on the run the lesson makes; the tests
+execute every notebook, so a sentence that stops holding fails them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,17 @@ from typing import Any
 from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 
-__all__ = ["FIGURES", "NOTEBOOKS", "QUICK", "lesson_paths", "measured", "save_figure", "show"]
+__all__ = [
+    "FIGURES",
+    "NOTEBOOKS",
+    "QUICK",
+    "ClaimError",
+    "claim",
+    "lesson_paths",
+    "measured",
+    "save_figure",
+    "show",
+]
 
 # The lessons' matmuls are tiny (64x128 at batch 64): with two BLAS threads they spend
 # their time handing work between threads, and collapse when anything else runs on the
@@ -81,6 +91,30 @@ def show(fig: Figure) -> None:
     width, height = fig.get_size_inches()
     label = f"<Figure size {width * DPI:.0f}x{height * DPI:.0f} with {len(fig.axes)} Axes>"
     display({"image/png": png, "text/plain": label}, raw=True)
+
+
+class ClaimError(AssertionError):
+    """A sentence of a lesson does not hold on the run the lesson just made."""
+
+
+def claim(holds: Any, sentence: str, **values: Any) -> None:
+    """Check one sentence of the lesson's prose on the run the lesson makes.
+
+    The call sits in the code cell right after the markdown it supports, so whoever
+    edits the sentence sees its check::
+
+        # Most of the flushed gradients come back at the settled scale.
+        claim(kept > 0.5, "most of the flushed gradients come back", kept=kept)
+
+    It prints nothing when the sentence holds (the notebook stays as the reader sees
+    it); when it does not, it raises :class:`ClaimError` quoting the sentence and the
+    values it was checked with, and the lesson stops there, as a script and as a
+    notebook (so the tests, which execute every notebook, fail on it)."""
+    if not bool(holds):
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        raise ClaimError(
+            f"the lesson says {sentence!r}, but on this run {shown or 'it does not hold'}"
+        )
 
 
 def measured(**values: Any) -> None:
