@@ -16,6 +16,8 @@ from minimp.tools import experiments
 from minimp.train import LARGE_BATCH_ADAM, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# the module's runs are computed once: on one xdist worker, not once per worker
+pytestmark = pytest.mark.xdist_group("digits-regimes")
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,7 @@ def test_the_readme_table_is_what_the_code_measures(summary):
         assert _number(cells[6]) == pytest.approx(row["peak_memory"] / 1024, rel=0.05)
 
 
+@pytest.mark.xdist_group("large-batch-adam")  # its own runs: free to go to another worker
 def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
     """The documented setting where scaling matters, seed 0 of the README's three
     (all three take four minutes): mixed-noscale ends with a clearly higher training
