@@ -100,25 +100,30 @@ def _float16_op(MPI: Any) -> Any:
     return _OPS["float16"]
 
 
-def all_reduce_mean(comm: Any, flat: np.ndarray) -> np.ndarray:
+def all_reduce_mean(comm: Any, flat: np.ndarray, predivide: bool = True) -> np.ndarray:
     """The mean over the ranks of each rank's ``flat`` (float32 or float16), as DDP
     takes it: each rank divides by N first (rounded to the dtype), then the ranks
     sum. In float32 dividing by N = 2 is exact (but for subnormals); in float16 the
     pre-division flushes what is below 2^-23, and each addition rounds to float16 and
-    overflows above 65504. One rank: ``flat`` itself."""
+    overflows above 65504; ``predivide=False`` sums first and divides the sum (as a
+    SUM all-reduce followed by a division does), which overflows where the sum of the
+    ranks' values passes 65504. One rank: ``flat`` itself."""
     if comm is None or comm.Get_size() == 1:
         return flat
     MPI = import_mpi()
-    n = comm.Get_size()
+    n = np.float32(comm.Get_size() if predivide else 1)
+    after = np.float32(1 if predivide else comm.Get_size())
     if flat.dtype == np.float32:
-        out = (flat / np.float32(n)).astype(np.float32)
-        comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
-        return out
-    if flat.dtype == np.float16:
         with ieee():
-            out = round_to_dtype(compute(flat) / np.float32(n), np.dtype(np.float16))
-        comm.Allreduce(MPI.IN_PLACE, [out.view(np.uint16), MPI.UINT16_T], op=_float16_op(MPI))
-        return out
+            out = (flat / n).astype(np.float32)
+            comm.Allreduce(MPI.IN_PLACE, out, op=MPI.SUM)
+            return out if predivide else (out / after).astype(np.float32)
+    if flat.dtype == np.float16:
+        half = np.dtype(np.float16)
+        with ieee():
+            out = round_to_dtype(compute(flat) / n, half)
+            comm.Allreduce(MPI.IN_PLACE, [out.view(np.uint16), MPI.UINT16_T], op=_float16_op(MPI))
+            return out if predivide else round_to_dtype(compute(out) / after, half)
     raise TypeError(f"all_reduce_mean takes float32 or float16 arrays, got {flat.dtype}")
 
 
@@ -496,35 +501,37 @@ def task_found_inf(comm: Any, steps: int = 40, outlier_step: int = 10) -> dict[s
     return result
 
 
-def task_reduce_dtype(comm: Any, warmup: int = 200) -> dict[str, Any]:
-    """(b): the same ranks' float16 gradients averaged in float16 and in float32, over
-    a sweep of loss scales, after ``warmup`` steps of mixed-precision training."""
+def task_reduce_dtype(comm: Any, warmup: int = 50) -> dict[str, Any]:
+    """(b): the ranks' float16 gradients averaged in float16, divided by N before the
+    sum (DDP) or after it, against the float32 average of the same gradients, over a
+    sweep of loss scales, after ``warmup`` steps of mixed-precision training."""
     run = DataParallel(DataParallelConfig(), comm)
     for _ in range(warmup):
         run.step()
     x, y = run.local_batch(run.steps_done)
-    exps = list(range(0, 25))
-    rows = {"overflow": [], "flushed": [], "rel_error": [], "local_overflow": []}
-    for k in exps:
+    out: dict[str, Any] = {"scales": [2.0**k for k in range(25)], "local_overflow": []}
+    for order in ("divide first", "sum first"):
+        out[order] = {"overflow": [], "flushed": [], "rel_error": []}
+    for scale in out["scales"]:
         run.model.zero_grad()
         loss = F.cross_entropy(run.model(tensor(x, dtype=run.dtype)).float(), y)
-        (loss * float(2.0**k)).backward()
+        (loss * scale).backward()
         grads = _flatten([p.grad.data for p in run.model.parameters()], np.float16)
-        local_bad = all_reduce_max(comm, not np.isfinite(grads).all())
+        out["local_overflow"].append(all_reduce_max(comm, not np.isfinite(grads).all()))
         exact = all_reduce_mean(comm, compute(grads))
-        half = compute(all_reduce_mean(comm, grads))
         finite = np.isfinite(exact)
-        with ieee():
-            overflow = finite & ~np.isfinite(half)
-            flushed = (exact != 0) & (half == 0) & finite
-            rest = finite & np.isfinite(half) & (exact != 0) & (half != 0)
-            rel = np.abs(half[rest] - exact[rest]) / np.abs(exact[rest])
         nonzero = max(int(np.sum(finite & (exact != 0))), 1)
-        rows["overflow"].append(float(overflow.sum() / nonzero))
-        rows["flushed"].append(float(flushed.sum() / nonzero))
-        rows["rel_error"].append(float(np.median(rel)) if rel.size else float("nan"))
-        rows["local_overflow"].append(bool(local_bad))
-    return {"scales": [2.0**k for k in exps], "scaler_scale": run.scaler.get_scale(), **rows}
+        for order, predivide in (("divide first", True), ("sum first", False)):
+            half = compute(all_reduce_mean(comm, grads, predivide=predivide))
+            with ieee():
+                rest = finite & np.isfinite(half) & (exact != 0) & (half != 0)
+                rel = np.abs(half[rest] - exact[rest]) / np.abs(exact[rest])
+                row = out[order]
+                row["overflow"].append(float(np.sum(finite & ~np.isfinite(half)) / nonzero))
+                row["flushed"].append(float(np.sum(finite & (exact != 0) & (half == 0)) / nonzero))
+                row["rel_error"].append(float(np.median(rel)) if rel.size else float("nan"))
+    out["scaler_scale"] = run.scaler.get_scale()
+    return out
 
 
 def task_zero(comm: Any, steps: int = 5) -> dict[str, Any]:
