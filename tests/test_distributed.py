@@ -122,3 +122,24 @@ def test_bad_settings_are_refused_with_the_fix():
         distributed.DataParallelConfig(dtype="float32", reduce_dtype="float16")
     with pytest.raises(ValueError, match="check='after-reduce'"):
         distributed.DataParallelConfig(zero=True, check="before-reduce")
+
+
+def test_the_scaler_decides_on_what_the_ranks_agree_its_check_found():
+    """The one seam: what _share_found_inf returns is what step() and update() act on."""
+
+    class OtherRankOverflowed(GradScaler):
+        def _share_found_inf(self, found_inf):
+            return True  # as if another rank's gradients held an inf
+
+    run = distributed.DataParallel(distributed.DataParallelConfig())
+    x, y = run.global_batch(0)
+    before = run.weights()
+    scaler = OtherRankOverflowed()
+    opt = optim.SGD(run.masters.parameters(), lr=0.05)
+    scaler.scale(F.cross_entropy(run.model(tensor(x, dtype="float16")).float(), y)).backward()
+    run.masters.copy_grads_to_masters()
+    assert scaler.step(opt) is False  # this rank's gradients are finite, yet it skips
+    scaler.update()
+    run.masters.copy_masters_to_model()
+    assert scaler.get_scale() == 2.0**15
+    assert np.array_equal(run.weights(), before)
