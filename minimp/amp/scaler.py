@@ -294,8 +294,16 @@ class GradScaler:
                 else:  # bfloat16: in float32, rounded once, as torch's kernel does
                     grad.data = round_to_dtype(compute(grad.data) * inv_scale, grad.dtype)
         found_inf = bool(finite) and not all(bool(f) for f in _on_one_device(finite))
+        found_inf = self._share_found_inf(found_inf)
         state.stage, state.found_inf, state.checked = "unscaled", found_inf, bool(grads)
         self._per_optimizer[id(optimizer)] = state
+
+    def _share_found_inf(self, found_inf: bool) -> bool:
+        """What every process agrees this optimizer's check found: here, on one process,
+        what this one found. The one seam for many ranks: ``minimp.distributed``'s
+        scaler all-reduces it (MAX), as PyTorch's ShardedGradScaler and Megatron-LM do,
+        so that every rank skips or steps together."""
+        return found_inf
 
     def step(self, optimizer: Optimizer) -> bool:
         """Unscale (unless done), then ``optimizer.step()`` unless a gradient was inf/NaN.

@@ -22,6 +22,7 @@ from minimp.tools.plots.palette import (
     LINESTYLES,
     OKABE_ITO,
 )
+from minimp.tools.plots.ranks import found_inf_divergence, reduce_dtype_errors, zero_memory
 from minimp.tools.plots.scaling import FP8_ROLE_FORMATS, fp8_scaling, loss_scale_trace
 from minimp.tools.plots.training import regimes_compared
 from minimp.tools.plots.weights import PURE16_STYLES, master_weights, one_weight_rounding, pure16
@@ -35,6 +36,7 @@ __all__ = [
     "NUMBER_LINE_FORMATS",
     "OKABE_ITO",
     "PURE16_STYLES",
+    "found_inf_divergence",
     "fp8_scaling",
     "layer_underflow",
     "loss_scale_trace",
@@ -43,6 +45,8 @@ __all__ = [
     "number_line",
     "one_weight_rounding",
     "pure16",
+    "reduce_dtype_errors",
     "regimes_compared",
     "underflow_histogram",
+    "zero_memory",
 ]

@@ -76,6 +76,9 @@ LINESTYLES: dict[str, Any] = {
     "fp8-unscaled": (0, (5, 2)),
     "static": (0, (1, 1.5)),
     "dynamic": "-",
+    # the ranks of a data-parallel run (lesson 12)
+    "rank 0": "-",
+    "rank 1": (0, (5, 2)),
 }
 """One line style per regime, so a regime is named by style as well as colour."""
 
