@@ -65,6 +65,14 @@ COLORS: dict[str, str] = {
     "dynamic": OKABE_ITO["blue"],
     "master": OKABE_ITO["black"],
     "skipped": OKABE_ITO["vermillion"],
+    # lesson 11: schemes named after the regime they are the scaling of, accumulators
+    "fp8 per tensor": OKABE_ITO["reddish purple"],
+    "fp4 per tensor": OKABE_ITO["orange"],
+    "mxfp4": "#AA4499",  # Tol's purple, beside nvfp4's rose
+    "e8m13": "#88CCEE",  # Tol's cyan: the fp8 tensor core's 14-bit accumulator
+    "e8m13_promote128": OKABE_ITO["blue"],
+    "delayed": OKABE_ITO["reddish purple"],
+    "current": OKABE_ITO["bluish green"],
 }
 """One colour per precision regime and per format, in every figure."""
 
@@ -79,6 +87,14 @@ LINESTYLES: dict[str, Any] = {
     "fp8-unscaled": (0, (5, 2)),
     "mxfp8": (0, (3, 1, 1, 1)),
     "nvfp4": (0, (1, 1)),
+    # accumulators (lesson 11)
+    "float16": (0, (5, 2)),
+    "bfloat16": (0, (7, 2, 1.5, 2, 1.5, 2)),
+    "e8m13": "-.",
+    "e8m13_promote128": "-",
+    # per-tensor scaling recipes (lesson 11)
+    "delayed": "-",
+    "current": (0, (5, 2)),
     "static": (0, (1, 1.5)),
     "dynamic": "-",
 }
