@@ -165,3 +165,20 @@ def test_a_block_regime_trains_the_digits(name):
     assert next(type(la) for la in run.model.layers if la.parameters()) is BlockLinear
     history = run.train()
     assert np.isfinite(history.loss).all() and history.loss[-1] < history.loss[0]
+
+
+def test_a_block_regime_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
+    """BlockLinear has no state of its own (every scale from the current values): the
+    parameters and the optimizer are the whole checkpoint."""
+    digits, config = data.load_digits(), TrainConfig(steps=6, eval_every=3)
+    straight = Run("nvfp4", digits, config)
+    straight.train()
+    first = Run("nvfp4", digits, config)
+    first.train(3)
+    first.save(tmp_path / "run.npz")
+    resumed = Run("nvfp4", digits, config)
+    resumed.load(tmp_path / "run.npz")
+    resumed.train()
+    assert resumed.history.loss == straight.history.loss
+    for p, q in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        assert p.numpy().tobytes() == q.numpy().tobytes()
