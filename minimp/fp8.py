@@ -250,6 +250,11 @@ def block_linear(x: Tensor, weight: Tensor, bias: Tensor | None, recipe: BlockSc
     the current values.
     """
     _check_float32("block_linear", x=x, weight=weight, bias=bias)
+    if weight.device != "cpu":
+        raise ValueError(
+            "block_linear: the block quantizer is NumPy code, so block-scaled layers run on "
+            f"the CPU; the weight is on {weight.device}: use device='cpu'"
+        )
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"block_linear: input {x.shape} does not fit weight {weight.shape} (out, in)"
