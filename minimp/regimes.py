@@ -13,8 +13,10 @@ spirit of jmp's ``Policy(param_dtype, compute_dtype, output_dtype)``:
 - ``loss_scaling``: ``None``, ``"static"`` or ``"dynamic"`` (sec. 3.2);
 - ``update_rounding``: how the optimizer stores new 16-bit weights (``"nearest"``,
   ``"stochastic"``, ``"kahan"``: Gupta et al. 2015, Zamirai et al. 2020);
-- ``matmul``: the recipe of fp8 GEMMs with per-tensor scales
-  (:class:`~minimp.scaling.DelayedScaling`), or ``None`` for GEMMs in ``compute_dtype``.
+- ``matmul``: the recipe of the GEMMs in a narrow format: fp8 with per-tensor scales
+  (:class:`~minimp.scaling.DelayedScaling` or :class:`~minimp.scaling.CurrentScaling`),
+  or block-scaled (:class:`~minimp.scaling.BlockScaling`: MXFP8, NVFP4), or ``None`` for
+  GEMMs in ``compute_dtype``. ``minimp.fp8.to_fp8`` makes the layer each recipe asks for.
 
 The training loop (:class:`minimp.train.Run`) reads these fields and nothing
 else, so a new regime is one entry below (and its colour in the palette).
@@ -28,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from minimp.scaling import DelayedScaling
+from minimp.scaling import MXFP8, NVFP4_RECIPE, BlockScaling, CurrentScaling, DelayedScaling
 from minimp.tensor import as_dtype, bfloat16, float16, float32
 
 __all__ = ["ALL_REGIMES", "BEYOND_FP16", "REGIMES", "Regime", "get_regime", "regime_table"]
@@ -49,7 +51,7 @@ class Regime:
     master_weights: bool = False
     loss_scaling: str | None = None
     update_rounding: str = "nearest"
-    matmul: DelayedScaling | None = None
+    matmul: DelayedScaling | CurrentScaling | BlockScaling | None = None
 
     def __post_init__(self) -> None:
         for field in ("param_dtype", "compute_dtype", "loss_dtype"):
@@ -75,7 +77,10 @@ class Regime:
                 "float32 parameters: param_dtype must be float32"
             )
         if self.matmul is not None and not self.param_dtype == self.compute_dtype == float32:
-            problems.append("fp8 matmuls (matmul=...) run on a float32 model: use float32 dtypes")
+            problems.append(
+                "fp8 matmuls and block-scaled ones (matmul=...) run on a float32 model: use "
+                "float32 dtypes"
+            )
         updates_16_bit = self.param_dtype != float32 and not self.master_weights
         if self.update_rounding != "nearest" and not updates_16_bit:
             problems.append(
@@ -122,7 +127,8 @@ REGIMES: dict[str, Regime] = _regimes(
 # What came after: PyTorch AMP's layout (float32 parameters, autocast casting per op);
 # 16-bit weights with no float32 copy at all, saved by how the update is rounded
 # (Gupta et al. 2015; Zamirai et al. 2020); and fp8 matmuls with a scale per tensor
-# (Micikevicius et al. 2022; Transformer Engine's delayed scaling). The pure bf16
+# (Micikevicius et al. 2022; Transformer Engine's delayed scaling), or with a scale per
+# block of 32 or 16 values (OCP MX v1.0; NVIDIA's NVFP4). The pure bf16
 # regimes compute their loss in bfloat16, like pure fp16: nothing in them is float32.
 BEYOND_FP16: dict[str, Regime] = _regimes(
     Regime("amp", "PyTorch AMP: float32 weights, autocast float16, dynamic scale",
@@ -131,6 +137,10 @@ BEYOND_FP16: dict[str, Regime] = _regimes(
            matmul=DelayedScaling()),
     Regime("fp8-unscaled", "fp8 matmuls, every scale 1", float32, float32, float32,
            matmul=DelayedScaling(scaling=False)),
+    Regime("mxfp8", "MXFP8 matmuls: a power-of-two scale per 32 values", float32, float32,
+           float32, matmul=MXFP8),
+    Regime("nvfp4", "NVFP4 matmuls: 4-bit values, an e4m3 scale per 16", float32, float32,
+           float32, matmul=NVFP4_RECIPE),
     Regime("bf16-pure", "pure bfloat16, updates rounded to nearest",
            bfloat16, bfloat16, bfloat16),
     Regime("bf16-sr", "pure bfloat16, stochastic rounding", bfloat16, bfloat16, bfloat16,
@@ -157,10 +167,7 @@ def regime_table(regimes: dict[str, Regime] | None = None) -> str:
     columns = ("regime", "params", "compute", "loss", "masters", "loss scale", "update", "matmuls")
     rows = [columns, tuple("---" for _ in columns)]
     for r in regimes.values():
-        if r.matmul is None:
-            matmuls = str(r.compute_dtype)
-        else:
-            matmuls = "fp8, " + ("delayed scales" if r.matmul.scaling else "scale 1")
+        matmuls = r.matmul.label if r.matmul is not None else str(r.compute_dtype)
         rows.append((
             f"`{r.name}`", str(r.param_dtype), str(r.compute_dtype) + (" (autocast)" * r.autocast),
             str(r.loss_dtype), "float32" if r.master_weights else "-", r.loss_scaling or "-",

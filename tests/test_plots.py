@@ -295,3 +295,37 @@ def test_every_regime_has_its_own_colour():
 
     colours = [plots.COLORS[name] for name in ALL_REGIMES]
     assert len(set(colours)) == len(colours)
+
+
+def test_outlier_blocks(tmp_path):
+    x = np.array([0.01, -0.02, 1000.0, 0.03] * 16, dtype=np.float32)
+    zeros = np.where(np.abs(x) < 0.025, 0, x)
+    fig = plots.outlier_blocks(x, {"fp8 per tensor": zeros, "mxfp8": x.copy()}, outlier=2, block=8)
+    ax_x, ax_bar = fig.axes[:2]
+    assert [t.get_text() for t in ax_bar.get_yticklabels()] == ["fp8 per tensor", "mxfp8"]
+    bars = [p.get_width() for p in ax_bar.patches]
+    others = np.arange(x.size) != 2
+    assert bars[0] == pytest.approx(((zeros == 0) & (x != 0))[others].mean()) and bars[1] == 0
+    assert "flushed: fp8 per tensor" in texts(fig) and "outlier's block of 8" in ax_x.get_xlabel()
+    saves(fig, tmp_path)
+
+
+def test_accumulation_error(tmp_path):
+    fig = plots.accumulation_error([64, 128, 256], {"bfloat16": [0.01, 0.02, 0.1],
+                                                   "float32": [0.0, 0.0, 1e-8]})  # fmt: skip
+    (ax,) = fig.axes
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["bfloat16"].get_color().lower() == plots.COLORS["bfloat16"].lower()
+    assert min(lines["float32"].get_ydata()) > 0  # a zero error drawn at the floor
+    saves(fig, tmp_path)
+
+
+def test_spike_scaling(tmp_path):
+    sat = {"delayed": [0, 0.9, 0], "current": [0, 0, 0]}
+    under = {"delayed": [0, 0, 0.001], "current": [0, 0, 0]}
+    fig = plots.spike_scaling(range(3), [1, 64, 1], sat, under)
+    assert [a.get_ylabel() for a in fig.axes] == ["amax", "saturated", "flushed"]
+    assert list(fig.axes[1].get_lines()[0].get_ydata()) == sat["delayed"]
+    assert "delayed" in texts(fig) and fig.axes[0].get_yscale() == "log"
+    saves(fig, tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import minimp
 from minimp import data
 from minimp.regimes import ALL_REGIMES, Regime, regime_table
-from minimp.scaling import DelayedScaling
+from minimp.scaling import MXFP8, CurrentScaling, DelayedScaling
 from minimp.train import Run, TrainConfig
 
 DIGITS = data.load_digits()
@@ -21,6 +21,9 @@ def test_the_table_prints_every_regime_with_its_fields():
     row = {line.split("|")[1].strip(" `"): line for line in lines[2:]}
     assert set(row) == set(ALL_REGIMES)
     assert "float16 (autocast)" in row["amp"] and "fp8, delayed scales" in row["fp8"]
+    assert "mxfp8, a scale per 32" in row["mxfp8"] and "nvfp4, a scale per 16" in row["nvfp4"]
+    current = Regime("fp8-current", "", "float32", "float32", "float32", matmul=CurrentScaling())
+    assert "fp8, current scales" in regime_table({"fp8-current": current})
     assert "| float32  | float32 |" in row["mixed-dynamic"].replace(" dynamic", "")
 
 
@@ -72,6 +75,15 @@ def test_amp_computes_what_the_master_weight_layout_computes():
         ({"master_weights": True}, "master_weights keep float32 copies"),
         ({"param_dtype": minimp.float16, "compute_dtype": minimp.bfloat16}, "autocast"),
         ({"matmul": DelayedScaling(), "compute_dtype": minimp.float16}, "fp8 matmuls"),
+        (
+            {
+                "matmul": MXFP8,
+                "param_dtype": minimp.bfloat16,
+                "compute_dtype": minimp.bfloat16,
+                "master_weights": True,
+            },
+            "block-scaled ones",
+        ),
         ({"update_rounding": "stochastic"}, "needs 16-bit parameters"),
         ({"loss_dtype": "float64"}, "unknown dtype"),
         (

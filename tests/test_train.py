@@ -10,6 +10,8 @@ import pytest
 import minimp
 from minimp import checkpoint, data
 from minimp.amp import LossScaleUnderflowError
+from minimp.fp8 import BlockLinear
+from minimp.scaling import BlockScaling, DelayedScaling
 from minimp.train import (
     ALL_REGIMES,
     BEYOND_FP16,
@@ -40,7 +42,9 @@ def test_each_regime_holds_what_it_promises(name):
     assert {p.dtype for p in optimized} == {expected}
     assert run.scaler.is_enabled() == (regime.loss_scaling is not None)
     assert run.optimizer.param_groups[0]["update_rounding"] == regime.update_rounding
-    assert len(run.fp8_layers()) == (0 if regime.matmul is None else 2)
+    assert len(run.fp8_layers()) == (2 if isinstance(regime.matmul, DelayedScaling) else 0)
+    blocks = [layer for layer in run.model.layers if isinstance(layer, BlockLinear)]
+    assert len(blocks) == (1 if isinstance(regime.matmul, BlockScaling) else 0)  # head: float32
     history = run.train()
     assert len(history.loss) == 30 and history.eval_step == [10, 20, 30]
     assert all(np.isfinite(history.loss))

@@ -53,17 +53,23 @@ from minimp.formats import (
 
 __all__ = [
     "BLOCK_FORMATS",
+    "BLOCK_RECIPES",
     "DEEPSEEK_ACTIVATIONS",
+    "DEEPSEEK_FP8",
     "DEEPSEEK_WEIGHTS",
     "MXFP4",
     "MXFP6_E2M3",
     "MXFP6_E3M2",
+    "MXFP8",
     "MXFP8_E4M3",
     "MXFP8_E5M2",
     "NVFP4",
+    "NVFP4_RECIPE",
     "BlockFormat",
+    "BlockScaling",
     "Quantized",
     "block_matmul",
+    "dequantize",
     "quantize",
 ]
 
@@ -263,6 +269,23 @@ def quantize(array: Any, fmt: BlockFormat, axis: int = -1) -> Quantized:
     )
 
 
+def dequantize(
+    elements: Any, scales: Any, fmt: BlockFormat, axis: int = -1, tensor_scale: float = 1.0
+) -> np.ndarray:
+    """The float32 values that stored ``elements`` and block ``scales`` stand for: the
+    ``values`` of the :class:`Quantized` they came from, bit for bit. It is what a GEMM's
+    operand loader does, and what lets backward keep only the narrow copy."""
+    e = np.asarray(elements).astype(np.float32)
+    s = np.asarray(scales).astype(np.float64)
+    axis = axis % e.ndim
+    s = np.repeat(s, fmt.block[0], axis=axis)
+    if fmt.block[1] > 1:  # a 2-d block: the matrix's other axis shares the scale too
+        s = np.repeat(s, fmt.block[1], axis=1 - axis)
+    s = s[tuple(slice(0, n) for n in e.shape)]  # the padding of the last block, dropped
+    values = (e.astype(np.float64) * s).astype(np.float32)  # exact, as in quantize
+    return values * np.float32(tensor_scale) if tensor_scale != 1.0 else values
+
+
 def block_matmul(
     a: Any, b: Any, fmt_a: BlockFormat, fmt_b: BlockFormat, accumulator: Any = None
 ) -> np.ndarray:
@@ -284,3 +307,60 @@ def block_matmul(
     from minimp.scaling.accumulate import matmul
 
     return matmul(aq, bq, accumulator)
+
+
+@dataclass(frozen=True)
+class BlockScaling:
+    """A block-scaled training recipe: the :class:`BlockFormat` of each GEMM operand role.
+
+    ``input`` for the activations x, ``weight`` for W, ``grad`` for the output gradient;
+    each operand of each of a linear layer's three GEMMs is quantized along that GEMM's
+    reduction axis (forward x @ W.T along K, dgrad g @ W along N, wgrad g.T @ x along
+    the batch). ``accumulator``: how the GEMMs sum their products
+    (:mod:`minimp.scaling.accumulate`; None is float32, rounded once, as BLAS does).
+    ``quantize_head``: whether the model's last linear layer (the classifier head) is
+    quantized too; the recipes in use keep it in higher precision (DeepSeek-V3 sec.
+    3.3.1 keeps the output head in BF16; NVIDIA's NVFP4 recipe keeps the last layers
+    in BF16), and here it stays float32.
+    """
+
+    name: str
+    input: BlockFormat
+    weight: BlockFormat
+    grad: BlockFormat
+    accumulator: Any = None
+    quantize_head: bool = False
+
+    def __post_init__(self) -> None:
+        for role in ("input", "weight", "grad"):
+            if not isinstance(getattr(self, role), BlockFormat):
+                raise TypeError(
+                    f"BlockScaling {self.name!r}: {role} must be a BlockFormat (MXFP8_E4M3, "
+                    f"NVFP4, ...), got {getattr(self, role)!r}"
+                )
+        if self.accumulator is not None:
+            from minimp.scaling.accumulate import get_accumulator
+
+            object.__setattr__(self, "accumulator", get_accumulator(self.accumulator))
+
+    @property
+    def label(self) -> str:
+        """How the policy table names the recipe."""
+        return f"{self.name}, a scale per {self.weight.block_size}"
+
+    @property
+    def bytes_per_value(self) -> float:
+        """Storage of a forward operand, block scales included (input and weight alike here)."""
+        return max(self.input.bytes_per_value, self.weight.bytes_per_value)
+
+
+# OCP MX training: E4M3 forward, E5M2 for gradients (the hybrid split of the fp8 regime).
+MXFP8 = BlockScaling("mxfp8", MXFP8_E4M3, MXFP8_E4M3, MXFP8_E5M2)
+# NVFP4 for every operand (NVIDIA's recipe adds random Hadamard transforms, 16x16 weight
+# blocks and stochastic rounding of gradients; minimp shows the format alone).
+NVFP4_RECIPE = BlockScaling("nvfp4", NVFP4, NVFP4, NVFP4)
+# DeepSeek-V3 sec. 3.3: 1x128 activation and gradient tiles, 128x128 weight blocks, E4M3.
+DEEPSEEK_FP8 = BlockScaling(
+    "deepseek", DEEPSEEK_ACTIVATIONS, DEEPSEEK_WEIGHTS, DEEPSEEK_ACTIVATIONS
+)
+BLOCK_RECIPES: tuple[BlockScaling, ...] = (MXFP8, NVFP4_RECIPE, DEEPSEEK_FP8)

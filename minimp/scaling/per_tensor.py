@@ -85,6 +85,11 @@ class DelayedScaling:
         object.__setattr__(self, "margin", int(self.margin))
         object.__setattr__(self, "amax_history_len", int(self.amax_history_len))
 
+    @property
+    def label(self) -> str:
+        """How the policy table names the recipe."""
+        return "fp8, delayed scales" if self.scaling else "fp8, scale 1"
+
 
 @dataclass(frozen=True, slots=True)
 class CurrentScaling:
@@ -107,6 +112,8 @@ class CurrentScaling:
                 f"invalid CurrentScaling recipe: margin must be an int >= 0, got {self.margin!r}"
             )
         object.__setattr__(self, "margin", int(self.margin))
+
+    label = "fp8, current scales"  # how the policy table names the recipe
 
 
 def _amax(x: Any, xp: Any) -> float:

@@ -12,6 +12,7 @@ its colours and line styles from :mod:`~minimp.tools.plots.palette`. The names a
 gathered here so a lesson writes ``plots.number_line(...)``.
 """
 
+from minimp.tools.plots.blocks import accumulation_error, outlier_blocks, spike_scaling
 from minimp.tools.plots.formats import NUMBER_LINE_FORMATS, number_line
 from minimp.tools.plots.gradients import layer_underflow, underflow_histogram
 from minimp.tools.plots.memory import memory_bars
@@ -36,6 +37,7 @@ __all__ = [
     "NUMBER_LINE_FORMATS",
     "OKABE_ITO",
     "PURE16_STYLES",
+    "accumulation_error",
     "found_inf_divergence",
     "fp8_scaling",
     "layer_underflow",
@@ -44,9 +46,11 @@ __all__ = [
     "memory_bars",
     "number_line",
     "one_weight_rounding",
+    "outlier_blocks",
     "pure16",
     "reduce_dtype_errors",
     "regimes_compared",
+    "spike_scaling",
     "underflow_histogram",
     "zero_memory",
 ]

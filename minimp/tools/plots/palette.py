@@ -45,12 +45,15 @@ COLORS: dict[str, str] = {
     "bf16": OKABE_ITO["bluish green"],
     "fp8": OKABE_ITO["reddish purple"],  # fp8's colour: the format its forward pass uses
     "fp8-unscaled": OKABE_ITO["yellow"],
-    # Okabe-Ito has eight colours and minimp twelve regimes: the rest from Paul Tol's
+    # Okabe-Ito has eight colours and minimp fourteen regimes: the rest from Paul Tol's
     # colour-blind-safe "muted" scheme, the pure-bfloat16 family in greens beside bf16
     "amp": "#332288",  # indigo: AMP computes what mixed-dynamic (blue) computes
     "bf16-pure": "#117733",
     "bf16-sr": "#44AA99",
     "bf16-kahan": "#999933",
+    # the block-scaled regimes beside fp8's reddish purple: Tol's wine and rose
+    "mxfp8": "#882255",
+    "nvfp4": "#CC6677",
     # the formats of minimp.formats: a format has its regime's colour
     "float32": OKABE_ITO["black"],
     "float16": OKABE_ITO["vermillion"],
@@ -62,6 +65,14 @@ COLORS: dict[str, str] = {
     "dynamic": OKABE_ITO["blue"],
     "master": OKABE_ITO["black"],
     "skipped": OKABE_ITO["vermillion"],
+    # lesson 11: schemes named after the regime they are the scaling of, accumulators
+    "fp8 per tensor": OKABE_ITO["reddish purple"],
+    "fp4 per tensor": OKABE_ITO["orange"],
+    "mxfp4": "#AA4499",  # Tol's purple, beside nvfp4's rose
+    "e8m13": "#88CCEE",  # Tol's cyan: the fp8 tensor core's 14-bit accumulator
+    "e8m13_promote128": OKABE_ITO["blue"],
+    "delayed": OKABE_ITO["reddish purple"],
+    "current": OKABE_ITO["bluish green"],
 }
 """One colour per precision regime and per format, in every figure."""
 
@@ -74,6 +85,16 @@ LINESTYLES: dict[str, Any] = {
     "bf16": (0, (7, 2, 1.5, 2, 1.5, 2)),
     "fp8": "-",
     "fp8-unscaled": (0, (5, 2)),
+    "mxfp8": (0, (3, 1, 1, 1)),
+    "nvfp4": (0, (1, 1)),
+    # accumulators (lesson 11)
+    "float16": (0, (5, 2)),
+    "bfloat16": (0, (7, 2, 1.5, 2, 1.5, 2)),
+    "e8m13": "-.",
+    "e8m13_promote128": "-",
+    # per-tensor scaling recipes (lesson 11)
+    "delayed": "-",
+    "current": (0, (5, 2)),
     "static": (0, (1, 1.5)),
     "dynamic": "-",
     # the ranks of a data-parallel run (lesson 12)
