@@ -1,0 +1,95 @@
+"""Every CuPy branch, run without a GPU on the counting stand-in (tests/fake_cupy.py),
+and what a training step costs a GPU: host syncs, kernel launches, host-to-device copies.
+
+A GPU runs ahead of the host until the host reads a value: each read (a sync) drains
+the queue and leaves the GPU idle until Python sends the next kernel. So a step may
+read at most one value, the loss scaler's found_inf (it decides on the host whether
+the optimizer steps, as PyTorch's GradScaler does), and none at all without a scaler.
+Launches are bounded per regime: each costs ~5-10 us of Python and driver overhead,
+which at small sizes is the whole step.
+"""
+
+import fake_cupy
+import numpy as np
+import pytest
+from oracle import NETWORK_TOLERANCE, assert_close
+
+import minimp
+from minimp import backend, data, train
+
+ON_DEVICE = ["fp32", "fp16", "mixed-noscale", "mixed-static", "mixed-dynamic", "amp", "fp8"]
+BFLOAT16 = ["bf16", "bf16-sr", "bf16-kahan"]
+# The regimes whose step asks the host whether the gradients were finite.
+SCALED = {"mixed-static", "mixed-dynamic", "amp"}
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    return fake_cupy.install(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits()
+
+
+def _step_cost(cupy, run, x, y, measure=False):
+    cupy.counters.reset()
+    result = run.step(x, y, measure=measure)
+    return result, cupy.counters.snapshot()
+
+
+def test_the_stand_in_is_as_strict_as_cupy(cupy):
+    a = cupy.asarray(np.arange(4, dtype=np.float32))
+    assert backend.array_module(a) is cupy and backend.device_of(a) == "cuda"
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    with pytest.raises(TypeError, match=r"numpy\.ndarray"):
+        a + np.ones(4, np.float32)
+    cupy.counters.reset()
+    b = (a * 2.0).sum()  # two kernels, no copy: a Python scalar is a kernel argument
+    assert cupy.counters.snapshot() == {"launches": 2, "syncs": 0, "h2d": 0}
+    assert float(b) == 12.0 and cupy.counters.syncs == 1
+
+
+@pytest.mark.parametrize("name", ON_DEVICE)
+def test_a_training_step_on_the_device_matches_the_cpu(cupy, digits, name):
+    """The CuPy branches compute what the CPU computes (to the GPU tolerance: CuPy's
+    16-bit matmul rounds its bias in a second step)."""
+    runs = [train.Run(name, digits, device=d) for d in ("cpu", "cuda")]
+    for step in range(3):
+        x, y = runs[0]._batch(step)
+        losses = [r.step(*r.to_device(x, y)).loss.item() for r in runs]
+    dtype = runs[0].regime.compute_dtype
+    assert_close(losses[1], losses[0], dtype, "loss", NETWORK_TOLERANCE)
+    for g, c in zip(runs[1].model.parameters(), runs[0].model.parameters(), strict=True):
+        assert g.device == "cuda"
+        assert_close(g.numpy(), c.numpy(), dtype, "parameter", NETWORK_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ON_DEVICE)
+def test_a_training_step_reads_at_most_the_scalers_decision(cupy, digits, name):
+    run = train.Run(name, digits, device="cuda")
+    x, y = run.to_device(*run._batch(0))
+    run.step(x, y)  # the first step allocates the optimizer's state
+    _, cost = _step_cost(cupy, run, x, y)
+    assert cost["syncs"] <= (1 if name in SCALED else 0), cost
+    assert cost["h2d"] == 0, cost
+    _, measured = _step_cost(cupy, run, x, y, measure=True)
+    assert measured["syncs"] <= cost["syncs"] + 1, measured  # the lost updates: one read
+
+
+@pytest.mark.parametrize("name", BFLOAT16)
+def test_bfloat16_regimes_refuse_the_device_by_name(cupy, digits, name):
+    """CuPy has no bfloat16 (ml_dtypes' type is host-only): the run says so, and why."""
+    with pytest.raises(ValueError, match=r"bfloat16.*device='cpu'"):
+        train.Run(name, digits, device="cuda")
+
+
+def test_stochastic_rounding_draws_its_random_bits_on_the_device(cupy):
+    x = cupy.asarray(np.linspace(-1, 1, 1000, dtype=np.float32))
+    rng = np.random.default_rng(0)
+    cupy.counters.reset()
+    rounded = minimp.formats.round_to(x, "float16", rounding="stochastic", rng=rng)
+    assert backend.device_of(rounded) == "cuda"
+    assert cupy.counters.h2d == 0 and cupy.counters.syncs == 0
