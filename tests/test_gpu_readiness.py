@@ -93,3 +93,47 @@ def test_stochastic_rounding_draws_its_random_bits_on_the_device(cupy):
     rounded = minimp.formats.round_to(x, "float16", rounding="stochastic", rng=rng)
     assert backend.device_of(rounded) == "cuda"
     assert cupy.counters.h2d == 0 and cupy.counters.syncs == 0
+
+
+def test_the_transformer_trains_on_the_device(cupy):
+    """The gpu-check's transformer piece, on the stand-in: the loss falls and each
+    step asks the host once, for the scaler's decision (plus the loss it reports)."""
+    from minimp.tools import gpu_check
+
+    result = gpu_check.transformer(device="cuda", steps=3)
+    assert result["loss_last"] < result["loss_first"]
+
+
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path, capsys, monkeypatch):
+    import json
+
+    from minimp.__main__ import main
+
+    monkeypatch.setattr(backend, "_cupy", backend._cupy)
+    backend.use_cupy(None)
+    assert main(["gpu-check", "--out", str(tmp_path)]) == 0
+    assert "NO GPU" in capsys.readouterr().out
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert report["gpu"] is False and "minimp.gpt" in report["imports"]
+
+
+def test_gpu_check_runs_every_piece_and_fails_if_one_fails(tmp_path):
+    """A failing piece is recorded, the next still runs, and the check then fails."""
+    import sys
+
+    from minimp.tools import gpu_check
+
+    commands = [
+        ("bad", [sys.executable, "-c", "raise SystemExit(3)"], {}),
+        ("slow", [sys.executable, "-c", "import time; time.sleep(5)"], {}),
+        ("transformer", [sys.executable, "-c", "print('{\"step_ms_median\": 1.5}')"], {}),
+    ]
+    results = gpu_check.run_pieces(tmp_path, commands, {"slow": 0.5})
+    assert results["bad"]["rc"] == 3 and not results["bad"]["ok"]
+    assert results["slow"]["rc"] == "timeout"
+    assert results["transformer"]["ok"] and results["transformer"]["numbers"] == {
+        "step_ms_median": 1.5
+    }
+    assert [p[0] for p in gpu_check.pieces(tmp_path)] == [
+        "gpu-tests", "lesson", "transformer", "bench"
+    ]  # fmt: skip
