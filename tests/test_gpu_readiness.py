@@ -151,3 +151,22 @@ def test_gpu_check_runs_every_piece_and_fails_if_one_fails(tmp_path):
     assert [p[0] for p in gpu_check.pieces(tmp_path)] == [
         "gpu-tests", "lesson", "transformer", "bench"
     ]  # fmt: skip
+
+
+def test_device_indices_are_checked_on_the_device(cupy):
+    """Host targets are checked before they move (a clear error); device targets
+    without a read back: an out-of-range class makes the loss NaN, as CUDA's
+    device-side assert stops PyTorch's kernel, and the step reads nothing."""
+    import minimp.functional as F
+
+    logits = minimp.tensor(np.zeros((2, 3), np.float32), device="cuda", requires_grad=True)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\).*from 0 to 3"):
+        F.cross_entropy(logits, np.array([0, 3]))
+    cupy.counters.reset()
+    good = F.cross_entropy(logits, cupy.asarray(np.array([0, 2])))
+    bad = F.cross_entropy(logits, cupy.asarray(np.array([0, 3])))
+    assert cupy.counters.syncs == 0
+    assert good.item() == pytest.approx(np.log(3)) and np.isnan(bad.item())
+    weight = minimp.tensor(np.ones((4, 2), np.float32), device="cuda")
+    assert np.isnan(F.embedding(cupy.asarray(np.array([1, 4])), weight).numpy()[1]).all()
+    assert not np.isnan(F.embedding(cupy.asarray(np.array([1, 3])), weight).numpy()).any()
