@@ -2,8 +2,8 @@
 
 A GPU may be lent for a few minutes only, so the check is prepared in advance and
 kept working on the CPU (a test runs it there). On a machine with CuPy and a CUDA
-GPU it runs, each piece in its own process with its own time limit (about 6
-minutes in all on an H100/H200):
+GPU it runs, each piece in its own process with its own time limit (400 s in
+all, under the 8 minutes the check may take on an H100/H200):
 
 1. the GPU tests, ``pytest -m gpu`` (the CPU tests' ops and a training step on CuPy);
 2. the GPU lesson (``notebooks/*_on_the_gpu.py``), its figures saved in ``--out``;
