@@ -8,6 +8,7 @@ python -m minimp policies   print each regime's precision policy (no training)
 python -m minimp regimes    train the precision regimes side by side (README tables)
 python -m minimp figures    run every lesson, each of which redraws its own figures
 python -m minimp bench      step time and memory per regime, against NumPy and PyTorch
+python -m minimp gpu-check  on a GPU: GPU tests, GPU lesson, transformer, bench; one JSON
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="a few steps: checks it runs, measures nothing"
     )
     run_bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    run_gpu_check = commands.add_parser(
+        "gpu-check", help="everything about GPUs in one run, numbers in one JSON (0 without a GPU)"
+    )
+    run_gpu_check.add_argument("--out", default="gpu-check", help="folder for the JSON, figures")
     args = parser.parse_args(argv)
     if args.command == "bench" and args.json:  # checked now, not after the whole benchmark
         folder = os.path.dirname(os.path.abspath(args.json))
@@ -189,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         regimes(args.seeds, args.setting)
     elif args.command == "bench":
         bench(args.device, args.quick, args.json)
+    elif args.command == "gpu-check":
+        from minimp.tools import gpu_check
+
+        return gpu_check.main(args.out)
     return 0
 
 

@@ -26,10 +26,23 @@ __all__ = [
     "narrow",
     "to_device",
     "to_numpy",
+    "use_cupy",
     "widen",
 ]
 
 DEVICES = ("cpu", "cuda")
+
+
+def use_cupy(module: ModuleType | None) -> ModuleType | None:
+    """Make ``module`` the array library of device "cuda" (returns the previous one).
+
+    The one seam for a stand-in: the tests install a NumPy-backed, counting CuPy
+    (tests/fake_cupy.py) here, so every CuPy branch runs without a GPU. ``None``
+    means no CuPy.
+    """
+    global _cupy
+    previous, _cupy = _cupy, module
+    return previous
 
 
 def cuda_available() -> bool:

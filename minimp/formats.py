@@ -217,6 +217,15 @@ def _as_float64(x: Any, xp: Any) -> Any:
         return xp.asarray(x, dtype=xp.float64)
 
 
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], xp: Any) -> Any:
+    """Uniform [0, 1) numbers on ``xp``'s device. On a GPU they are drawn there, by a
+    device generator seeded from ``rng`` (so still a function of its seed): drawn on
+    the host they would cross the bus, 8 bytes for every value rounded."""
+    if xp is np:
+        return rng.random(shape)
+    return xp.random.default_rng(int(rng.integers(2**63))).random(shape)
+
+
 def _round64(
     x: Any, fmt: Format, rounding: str, rng: np.random.Generator | None
 ) -> tuple[Any, Any]:
@@ -248,7 +257,7 @@ def _round64(
         low = xp.floor(scaled)
         # Up with probability (x - lo) / (hi - lo), so E[result] = x (Gupta et al.
         # 2015). rng.random() is uniform on multiples of 2^-53: P is exact to 2^-53.
-        up = xp.asarray(rng.random(x.shape)) < (scaled - low)
+        up = _uniform(rng, x.shape, xp) < (scaled - low)
         units = xp.where(up, low + 1.0, low)
     with np.errstate(over="ignore"):  # only near float64's max, where inf is right anyway
         rounded = xp.ldexp(units, qexp)

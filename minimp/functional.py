@@ -111,7 +111,9 @@ def _operands(op: str, *inputs: Any) -> tuple[list[Tensor], np.dtype]:
             out.append(x)
         elif isinstance(x, int | float | np.number):
             xp = backend.array_module(tensors[0].data)
-            out.append(Tensor(xp.asarray(x, dtype=np.float32)))
+            # On a GPU a NumPy scalar is a kernel argument; a device array would be a copy
+            scalar = np.asarray(x, dtype=np.float32) if xp is np else np.float32(x)
+            out.append(Tensor(scalar))
         else:
             raise TypeError(f"{op}: expected a Tensor or a Python number, got {type(x).__name__}")
     return out, tensors[0].dtype
@@ -492,11 +494,13 @@ def cross_entropy(logits: Tensor, target: Any) -> Tensor:
     """
     (logits,), dtype = _operands("cross_entropy", logits)
     xp = _xp(logits)
-    target = _class_indices(target, logits, xp)
+    target, out_of_range = _class_indices(target, logits, xp)
     n = logits.shape[0]
     rows = xp.arange(n)
     logp = _log_softmax32(compute(logits.data), axis=1)
     loss = -logp[rows, target].sum(dtype=np.float32) / n
+    if out_of_range is not None:  # a device-side check (see _in_range)
+        loss = xp.where(out_of_range, np.float32(np.nan), loss)
 
     def backward(g):
         grad = xp.exp(logp)
@@ -512,7 +516,7 @@ def _class_indices(target: Any, logits: Tensor, xp: Any) -> Any:
             "cross_entropy: target must hold integer class indices (a NumPy/CuPy integer "
             "array or a list), not a float Tensor"
         )
-    target = xp.asarray(target)
+    target = _on_host_or(target, xp)
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy: logits must be (N, C), got shape {logits.shape}")
     if target.dtype.kind not in "iu":
@@ -522,12 +526,37 @@ def _class_indices(target: Any, logits: Tensor, xp: Any) -> Any:
             f"cross_entropy: logits {logits.shape} need a target of shape ({logits.shape[0]},), "
             f"got {tuple(target.shape)}"
         )
-    if target.size and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
-        raise ValueError(
-            f"cross_entropy: target classes must lie in [0, {logits.shape[1]}), "
-            f"got values from {int(target.min())} to {int(target.max())}"
-        )
-    return target
+    return _in_range(
+        target, xp, logits.shape[1], "cross_entropy: target classes must lie in [0, {n}), "
+    )
+
+
+def _on_host_or(indices: Any, xp: Any) -> Any:
+    """Host data (a list, a NumPy array) as a NumPy array, to be checked before it moves;
+    an array already on ``xp``'s device as it is."""
+    if xp is not np and isinstance(indices, xp.ndarray):
+        return indices
+    return np.asarray(indices)
+
+
+def _in_range(indices: Any, xp: Any, n: int, message: str) -> tuple[Any, Any]:
+    """``indices`` checked to lie in [0, n), and a device flag for what the host cannot see.
+
+    Host indices are checked on the host, before they move: free. Indices already on
+    the GPU are not read back (each read stalls the GPU until its queue drains);
+    instead, like CUDA's device-side assert in PyTorch's kernels, the check runs on
+    the device: out-of-range indices are replaced by 0 and the flag they raise makes
+    the op's result NaN, which the loss scaler and the history then show. Returns
+    (indices on ``xp``, flag or None).
+    """
+    if backend.array_module(indices) is np:
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            raise ValueError(
+                message.format(n=n) + f"got values from {indices.min()} to {indices.max()}"
+            )
+        return xp.asarray(indices), None
+    bad = (indices < 0) | (indices >= n)
+    return xp.where(bad, 0, indices), bad.any()
 
 
 @ieee()
@@ -563,15 +592,15 @@ def _index_array(op: str, indices: Any, xp: Any, size: int) -> Any:
             f"{op}: indices must be an integer array (NumPy/CuPy) or a list, not a float "
             "Tensor: minimp tensors hold floating point only"
         )
-    indices = xp.asarray(indices)
+    indices = _on_host_or(indices, xp)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be integers, got {indices.dtype}")
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
-        raise IndexError(
-            f"{op}: indices must lie in [0, {size}) (the weight's rows), got values from "
-            f"{int(indices.min())} to {int(indices.max())}"
+    try:
+        return _in_range(
+            indices, xp, size, f"{op}: indices must lie in [0, {{n}}) (the weight's rows), "
         )
-    return indices
+    except ValueError as e:
+        raise IndexError(str(e)) from None
 
 
 def _scatter_add(target: Any, indices: Any, values: Any) -> None:
@@ -601,14 +630,17 @@ def embedding(input: Any, weight: Tensor) -> Tensor:
             f"embedding: weight must be (num_embeddings, embedding_dim), got shape {weight.shape}"
         )
     xp = _xp(weight)
-    idx = _index_array("embedding", input, xp, weight.shape[0])
+    idx, out_of_range = _index_array("embedding", input, xp, weight.shape[0])
 
     def backward(g):
         acc = xp.zeros(weight.shape, dtype=np.float32)
         _scatter_add(acc, idx.reshape(-1), compute(g).reshape(-1, weight.shape[1]))
         return (acc,)  # rounded once to the weight's dtype by Tensor.backward
 
-    return Tensor.from_op(xp.take(weight.data, idx, axis=0), (weight,), backward, (idx,))
+    out = xp.take(weight.data, idx, axis=0)
+    if out_of_range is not None:  # a device-side check (see _in_range)
+        out = xp.where(out_of_range, out.dtype.type(np.nan), out)
+    return Tensor.from_op(out, (weight,), backward, (idx,))
 
 
 @ieee()

@@ -365,11 +365,12 @@ class Run:
         unchanged: the update was below half an ulp of the weight and rounded away
         (sec. 3.1). Measured on what the optimizer updates: the float16 weights in
         pure fp16, the float32 masters otherwise."""
-        lost = moved = 0
+        counts = []  # on the device, read back once: one sync, not two per parameter
         for p, old in zip(self.optimizer.param_groups[0]["params"], before, strict=True):
             nonzero = p.grad.data != 0
-            lost += int((nonzero & (p.data == old)).sum())
-            moved += int(nonzero.sum())
+            counts += [(nonzero & (p.data == old)).sum(), nonzero.sum()]
+        xp = backend.array_module(counts[0])
+        lost, moved = backend.to_numpy(xp.stack(counts)).reshape(-1, 2).sum(axis=0).tolist()
         return lost / moved if moved else math.nan
 
     def save(self, path) -> None:

@@ -168,6 +168,10 @@ def test_the_benchmark_command_runs_in_quick_mode(tmp_path, capsys):
     from minimp.tools.baselines import torch_available
 
     expected = [b for b in bench.BASELINES if torch_available() or not b.startswith("torch")]
+    assert "BLAS: " in out and result["threads"]["blas"] == bench.blas()
+    transformer = result["workloads"].pop("transformer")
+    assert set(transformer["results"]) == {"gpt fp32", "gpt amp"}
+    assert "| gpt amp |" in out
     for name, workload in result["workloads"].items():
         timed = set(workload["results"])
         assert set(REGIMES) <= timed and {"numpy fp32", "numpy mixed"} <= timed
@@ -179,3 +183,25 @@ def test_the_benchmark_command_runs_in_quick_mode(tmp_path, capsys):
     assert len(result["targets"]) == len(cpu_targets)
     assert all(t["ratio"] is not None and t["ratio"] > 0 for t in result["targets"])
     assert out.count(" | large | ") + out.count(" | small | ") == len(cpu_targets)
+
+
+def test_a_row_is_kept_only_if_its_rounds_reproduce_within_10_percent():
+    def row(ms):
+        return {"step_time_s": ms / 1e3, "name": "x"}
+
+    rounds = [{"steady": row(10.0), "noisy": row(10.0)},
+              {"steady": row(10.9), "noisy": row(13.0)},
+              {"steady": row(10.4), "noisy": row(10.2)}]  # fmt: skip
+    kept, left_out = bench.reproduced(rounds)
+    assert set(kept) == {"steady"} and kept["steady"]["step_time_s"] == 10.4 / 1e3
+    assert kept["steady"]["round_medians_s"] == [0.01, 0.0104, 0.0109]
+    assert set(left_out) == {"noisy"} and "10.00, 10.20, 13.00 ms" in left_out["noisy"]
+
+
+def test_the_blas_kernel_and_its_threads_are_named():
+    from threadpoolctl import threadpool_info
+
+    named = bench.blas()
+    for pool in threadpool_info():
+        if pool["user_api"] == "blas":
+            assert pool["internal_api"] in named and f"{pool['num_threads']} threads" in named

@@ -19,7 +19,8 @@ rounding is the fp8 one, and a test can check it bit for bit against
 one binade of headroom: amax lands in (max/2, max] instead of on max. The OCP
 MX formats store their block scales as powers of two (E8M0) for the same reason.
 
-Arrays may be NumPy or CuPy: ``formats.round_to`` works on either. This module
+Arrays may be NumPy or CuPy; on CuPy the scale, the amax history and the statistics
+stay on the device, so that no cast waits for the host. This module
 knows nothing of tensors or layers; :mod:`minimp.fp8` builds the fp8 matmul on it.
 """
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from minimp import backend
 from minimp.checks import is_int
-from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format, round_to
+from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format
 
 __all__ = [
     "FP8_FORMATS",
@@ -174,10 +175,14 @@ class TensorScaling:
         self.recipe = recipe if recipe is not None else DelayedScaling()
         self.amax_history = np.zeros(self.recipe.amax_history_len, dtype=np.float32)
         self.scale = 1.0
-        self.last_scale = 1.0  # the scale the last quantize used
-        self.last_amax = 0.0
-        self.last_underflow = 0.0
-        self.last_saturated = 0.0
+        # The statistics of the last cast. On a GPU they stay there (0-d arrays, as
+        # do amax_history and scale), and are read, one sync each, only when asked.
+        self._last = {"scale": 1.0, "amax": 0.0, "underflow": 0.0, "saturated": 0.0}
+
+    last_scale = property(lambda self: float(self._last["scale"]), doc="the last cast's scale")
+    last_amax = property(lambda self: float(self._last["amax"]))
+    last_underflow = property(lambda self: float(self._last["underflow"]))
+    last_saturated = property(lambda self: float(self._last["saturated"]))
 
     def quantize(self, array: Any, update: bool = True) -> Any:
         """``array``'s values after a round trip through fp8 with the current scale, as
@@ -192,6 +197,8 @@ class TensorScaling:
         value each element stands for is ``stored / scale``."""
         xp = backend.array_module(array)
         x = array.astype(np.float32, copy=False)
+        if xp is not np:
+            return self._cast_on_device(x, xp, update)
         current = isinstance(self.recipe, CurrentScaling)
         if current:  # this cast's amax sets this cast's scale
             amax_now = _amax(x, xp)
@@ -206,17 +213,20 @@ class TensorScaling:
         # a multiple of 2^-16 / 2^127 = 2^-143, which float32 holds even when subnormal.
         scaled = x * scale
         clipped = xp.clip(scaled, -fmt.max, fmt.max)
-        rounded = _round_saturated(clipped, fmt) if xp is np else round_to(clipped, fmt)
+        rounded = _round_saturated(clipped, fmt)
         if not update:  # an evaluation: the statistics stay those of the last training cast
             return (encode(rounded, fmt) if xp is np else rounded), scale
         nonzero = int(xp.count_nonzero(x))
         magnitude = xp.abs(x)
-        self.last_amax = amax_now if current else _amax(x, xp)
-        self.last_underflow = int(((x != 0) & (rounded == 0)).sum()) / max(nonzero, 1)
-        # |x * scale| is |x| * scale exactly (a power of two; inf past float32's range)
-        self.last_saturated = int((magnitude * scale > fmt.max).sum()) / max(nonzero, 1)
-        self.last_scale = float(scale)
-        self.amax_history = np.concatenate([[self.last_amax], self.amax_history[:-1]]).astype(
+        last_amax = amax_now if current else _amax(x, xp)
+        self._last = {
+            "amax": last_amax,
+            "underflow": int(((x != 0) & (rounded == 0)).sum()) / max(nonzero, 1),
+            # |x * scale| is |x| * scale exactly (a power of two; inf past float32's range)
+            "saturated": int((magnitude * scale > fmt.max).sum()) / max(nonzero, 1),
+            "scale": float(scale),
+        }
+        self.amax_history = np.concatenate([[last_amax], self.amax_history[:-1]]).astype(
             np.float32
         )
         if current:
@@ -231,7 +241,45 @@ class TensorScaling:
 
     def state_dict(self) -> dict[str, Any]:
         """The state training changes: a copy of the amax history and the scale."""
-        return {"amax_history": self.amax_history.copy(), "scale": self.scale}
+        return {
+            "amax_history": backend.to_numpy(self.amax_history).copy(),
+            "scale": float(self.scale),
+        }
+
+    def _cast_on_device(self, x: Any, xp: Any, update: bool) -> tuple[Any, Any]:
+        """``cast`` on a GPU: the same arithmetic, with the scale, the amax history and the
+        statistics kept on the device, so that a cast never waits for the host. The
+        next scale is chosen there too (frexp and ldexp are exact, as math's are)."""
+        fmt, recipe = self.format, self.recipe
+        # moved to the device once (at the start, or after a load), then kept there
+        self.amax_history = history = xp.asarray(self.amax_history, dtype=np.float32)
+        self.scale = previous = xp.asarray(self.scale, dtype=np.float64)
+        current = isinstance(recipe, CurrentScaling)
+        if current:
+            amax_now = _amax_on_device(x, xp)
+            scale = _next_scale_on_device(amax_now, fmt, recipe.margin, previous, xp)
+        else:
+            scale = previous
+        scale32 = scale.astype(np.float32)
+        rounded = _round_saturated(xp.clip(x * scale32, -fmt.max, fmt.max), fmt)
+        if not update:
+            return rounded, scale32
+        amax = amax_now if current else _amax_on_device(x, xp)
+        nonzero = xp.maximum(xp.count_nonzero(x), 1).astype(np.float64)
+        self._last = {
+            "amax": amax,
+            "underflow": ((x != 0) & (rounded == 0)).sum() / nonzero,
+            "saturated": (xp.abs(x) * scale32 > fmt.max).sum() / nonzero,
+            "scale": scale,
+        }
+        self.amax_history = xp.concatenate([amax.reshape(1), history[:-1]])
+        if current:
+            self.scale = scale
+        elif recipe.scaling:
+            h = self.amax_history
+            newest = h[0] if recipe.amax_compute_algo == "most_recent" else h.max()
+            self.scale = _next_scale_on_device(newest, fmt, recipe.margin, previous, xp)
+        return rounded, scale32
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.amax_history, self.scale = self._checked(state)
@@ -262,7 +310,7 @@ class TensorScaling:
         return history, float(scale)
 
     def __repr__(self) -> str:
-        return f"TensorScaling({self.format.name}, scale={self.scale:g})"
+        return f"TensorScaling({self.format.name}, scale={float(self.scale):g})"
 
 
 def saturation_by_step(
@@ -283,20 +331,37 @@ def saturation_by_step(
 # these take about a tenth of that, and the tests check them bit for bit against it.
 
 
-def _round_saturated(x: np.ndarray, fmt: Format) -> np.ndarray:
+def _amax_on_device(x: Any, xp: Any) -> Any:
+    """``_amax`` as a float32 0-d device array (no read back)."""
+    if not x.size:
+        return xp.zeros((), dtype=np.float32)
+    return xp.where(xp.isnan(x), 0, xp.abs(x)).max().astype(np.float32)
+
+
+def _next_scale_on_device(amax: Any, fmt: Format, margin: int, previous: Any, xp: Any) -> Any:
+    """``_next_scale`` on device arrays: the same powers of two, chosen without the host."""
+    amax = amax.astype(np.float64)
+    usable = (amax > 0) & (amax < math.inf)
+    _, e = xp.frexp(fmt.max / xp.where(usable, amax, 1.0))
+    exponent = xp.clip(e - 1 - margin, MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT)
+    return xp.where(usable, xp.ldexp(1.0, exponent), previous)
+
+
+def _round_saturated(x: Any, fmt: Format) -> Any:
     """Round float32 ``x`` (|x| <= fmt.max, or NaN) to the nearest fp8 value, ties to
     even, as float32. Normal range: round the float32 bit pattern at the format's last
     mantissa bit (a carry into the exponent is the correct result). Subnormal range:
     the spacing is the constant min_subnormal, so rint(x / spacing) * spacing."""
+    xp = backend.array_module(x)  # in float32 on a GPU too: no float64 kernels
     shift = 23 - fmt.mantissa_bits
-    bits = np.ascontiguousarray(x).view(np.uint32)
+    bits = xp.ascontiguousarray(x).view(np.uint32)
     ties_to_even = ((bits >> np.uint32(shift)) & np.uint32(1)) + np.uint32((1 << (shift - 1)) - 1)
     keep = np.uint32((0xFFFF_FFFF << shift) & 0xFFFF_FFFF)
     rounded = ((bits + ties_to_even) & keep).view(np.float32)
     spacing = np.float32(fmt.min_subnormal)
-    subnormal = np.rint(x / spacing) * spacing
-    rounded = np.where(np.abs(x) < np.float32(fmt.min_normal), subnormal, rounded)
-    return np.where(np.isnan(x), x, rounded)
+    subnormal = xp.rint(x / spacing) * spacing
+    rounded = xp.where(xp.abs(x) < np.float32(fmt.min_normal), subnormal, rounded)
+    return xp.where(xp.isnan(x), x, rounded)
 
 
 def _tables(fmt: Format) -> tuple[np.ndarray, np.ndarray]:
