@@ -14,7 +14,10 @@ spirit of jmp's ``Policy(param_dtype, compute_dtype, output_dtype)``:
 - ``update_rounding``: how the optimizer stores new 16-bit weights (``"nearest"``,
   ``"stochastic"``, ``"kahan"``: Gupta et al. 2015, Zamirai et al. 2020);
 - ``matmul``: the recipe of fp8 GEMMs with per-tensor scales
-  (:class:`~minimp.scaling.DelayedScaling`), or ``None`` for GEMMs in ``compute_dtype``.
+  (:class:`~minimp.scaling.DelayedScaling`), or ``None`` for GEMMs in ``compute_dtype``;
+- ``autocast_float32``: under autocast, whether the ops on PyTorch's float32 list
+  (softmax, layer_norm, the losses, ...) run in float32 (True, PyTorch's behaviour) or,
+  like everything else, in ``compute_dtype`` (False: what the list protects against).
 
 The training loop (:class:`minimp.train.Run`) reads these fields and nothing
 else, so a new regime is one entry below (and its colour in the palette).
@@ -31,7 +34,15 @@ import numpy as np
 from minimp.scaling import DelayedScaling
 from minimp.tensor import as_dtype, bfloat16, float16, float32
 
-__all__ = ["ALL_REGIMES", "BEYOND_FP16", "REGIMES", "Regime", "get_regime", "regime_table"]
+__all__ = [
+    "ALL_REGIMES",
+    "AUTOCAST_LISTS",
+    "BEYOND_FP16",
+    "REGIMES",
+    "Regime",
+    "get_regime",
+    "regime_table",
+]
 
 LOSS_SCALING = (None, "static", "dynamic")
 UPDATE_ROUNDING = ("nearest", "stochastic", "kahan")
@@ -50,6 +61,7 @@ class Regime:
     loss_scaling: str | None = None
     update_rounding: str = "nearest"
     matmul: DelayedScaling | None = None
+    autocast_float32: bool = True
 
     def __post_init__(self) -> None:
         for field in ("param_dtype", "compute_dtype", "loss_dtype"):
@@ -73,6 +85,11 @@ class Regime:
             problems.append(
                 "a compute_dtype other than param_dtype means autocast, which casts "
                 "float32 parameters: param_dtype must be float32"
+            )
+        if not self.autocast_float32 and not self.autocast:
+            problems.append(
+                "autocast_float32=False changes autocast's float32 list: it needs autocast "
+                "(float32 param_dtype, 16-bit compute_dtype)"
             )
         if self.matmul is not None and not self.param_dtype == self.compute_dtype == float32:
             problems.append("fp8 matmuls (matmul=...) run on a float32 model: use float32 dtypes")
@@ -139,7 +156,15 @@ BEYOND_FP16: dict[str, Regime] = _regimes(
            update_rounding="kahan"),
 )  # fmt: skip
 
-ALL_REGIMES: dict[str, Regime] = {**REGIMES, **BEYOND_FP16}
+# What autocast's float32 list is for: the same layout as "amp", but softmax,
+# layer_norm and the loss in float16 too (shown on the transformer, lesson 10).
+AUTOCAST_LISTS: dict[str, Regime] = _regimes(
+    Regime("fp16-everywhere", "float16 everywhere but the masters, softmax, LayerNorm and "
+           "loss included", float32, float16, float16, loss_scaling="dynamic",
+           autocast_float32=False),
+)  # fmt: skip
+
+ALL_REGIMES: dict[str, Regime] = {**REGIMES, **BEYOND_FP16, **AUTOCAST_LISTS}
 
 
 def get_regime(regime: str | Regime) -> Regime:
@@ -157,12 +182,15 @@ def regime_table(regimes: dict[str, Regime] | None = None) -> str:
     columns = ("regime", "params", "compute", "loss", "masters", "loss scale", "update", "matmuls")
     rows = [columns, tuple("---" for _ in columns)]
     for r in regimes.values():
+        compute = str(r.compute_dtype) + (" (autocast)" * r.autocast)
+        if not r.autocast_float32:
+            compute = f"{r.compute_dtype} (autocast, no float32 list)"
         if r.matmul is None:
             matmuls = str(r.compute_dtype)
         else:
             matmuls = "fp8, " + ("delayed scales" if r.matmul.scaling else "scale 1")
         rows.append((
-            f"`{r.name}`", str(r.param_dtype), str(r.compute_dtype) + (" (autocast)" * r.autocast),
+            f"`{r.name}`", str(r.param_dtype), compute,
             str(r.loss_dtype), "float32" if r.master_weights else "-", r.loss_scaling or "-",
             r.update_rounding, matmuls,
         ))  # fmt: skip

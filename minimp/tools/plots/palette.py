@@ -45,12 +45,13 @@ COLORS: dict[str, str] = {
     "bf16": OKABE_ITO["bluish green"],
     "fp8": OKABE_ITO["reddish purple"],  # fp8's colour: the format its forward pass uses
     "fp8-unscaled": OKABE_ITO["yellow"],
-    # Okabe-Ito has eight colours and minimp twelve regimes: the rest from Paul Tol's
+    # Okabe-Ito has eight colours and minimp thirteen regimes: the rest from Paul Tol's
     # colour-blind-safe "muted" scheme, the pure-bfloat16 family in greens beside bf16
     "amp": "#332288",  # indigo: AMP computes what mixed-dynamic (blue) computes
     "bf16-pure": "#117733",
     "bf16-sr": "#44AA99",
     "bf16-kahan": "#999933",
+    "fp16-everywhere": "#882255",  # wine: float16 with nothing kept in float32
     # the formats of minimp.formats: a format has its regime's colour
     "float32": OKABE_ITO["black"],
     "float16": OKABE_ITO["vermillion"],
@@ -74,6 +75,7 @@ LINESTYLES: dict[str, Any] = {
     "bf16": (0, (7, 2, 1.5, 2, 1.5, 2)),
     "fp8": "-",
     "fp8-unscaled": (0, (5, 2)),
+    "fp16-everywhere": (0, (3, 1, 1, 1)),
     "static": (0, (1, 1.5)),
     "dynamic": "-",
 }
