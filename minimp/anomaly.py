@@ -95,14 +95,19 @@ def _op_name(frame: Any) -> str:
 
 class detect_anomaly:
     """Context manager: record the first inf/NaN made inside it (``.first``, an
-    ``Anomaly``, or None). Give the model to have the module named."""
+    ``Anomaly``, or None). Give the model to have the module named. The ops in
+    ``masks`` fill with -inf by design (attention's causal mask): in their output only
+    a NaN is an anomaly."""
 
-    def __init__(self, model: nn.Module | None = None) -> None:
+    def __init__(
+        self, model: nn.Module | None = None, masks: tuple[str, ...] = ("masked_fill",)
+    ) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(
                 f"detect_anomaly(model=...) takes a minimp.nn.Module, got {type(model).__name__}"
             )
         self.first: Anomaly | None = None
+        self.masks = masks  # ops that write -inf on purpose (a causal mask): only NaN counts
         self._modules = {id(m): name for name, m in _named_modules(model)} if model else {}
         self._origin: dict[int, tuple[Tensor, str, str]] = {}  # id(out): (out, op, module)
 
@@ -130,7 +135,7 @@ class detect_anomaly:
         if out.requires_grad:  # named for a backward anomaly later
             self._origin[id(out)] = (out, op, module)
         kind = _kind(out.data)
-        if kind is None:
+        if kind is None or (kind == "inf" and op in self.masks):
             return
         inputs = [p.data for p in parents]
         self.first = Anomaly(

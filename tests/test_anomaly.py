@@ -65,3 +65,14 @@ def test_nan_made_from_finite_inputs_is_found_where_it_is_made():
 def test_it_refuses_a_non_module():
     with pytest.raises(TypeError, match="Module"):
         detect_anomaly(model=3)
+
+
+def test_a_causal_mask_is_not_an_anomaly_but_a_nan_after_it_is():
+    scores = tensor(np.zeros((2, 2), np.float32))
+    future = np.triu(np.ones((2, 2), bool), k=1)
+    with detect_anomaly() as found:
+        masked = scores.masked_fill(future, -np.inf)
+    assert found.first is None
+    with detect_anomaly() as found:
+        masked * 0.0  # -inf * 0 is NaN
+    assert (found.first.op, found.first.kind, found.first.inputs_finite) == ("mul", "nan", False)

@@ -24,6 +24,7 @@ from minimp.tools.plots.palette import (
 )
 from minimp.tools.plots.scaling import FP8_ROLE_FORMATS, fp8_scaling, loss_scale_trace
 from minimp.tools.plots.training import regimes_compared
+from minimp.tools.plots.transformer import transformer_regimes
 from minimp.tools.plots.weights import PURE16_STYLES, master_weights, one_weight_rounding, pure16
 
 __all__ = [
@@ -44,5 +45,6 @@ __all__ = [
     "one_weight_rounding",
     "pure16",
     "regimes_compared",
+    "transformer_regimes",
     "underflow_histogram",
 ]
