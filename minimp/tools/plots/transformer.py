@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from minimp.formats import FLOAT16
-from minimp.tools.plots.palette import LINESTYLES, WIDE, color_of
+from minimp.tools.plots.palette import FALLBACK, LINESTYLES, WIDE, color_of
 
 
 def transformer_regimes(
@@ -39,10 +39,10 @@ def transformer_regimes(
     ax_loss.legend(fontsize=8)
     tiny = np.log2(FLOAT16.min_subnormal)
     bins = np.arange(-50, 2, 1.0)
-    for layer, values in gradients.items():
+    for j, (layer, values) in enumerate(gradients.items()):
         v = np.abs(np.asarray(values, np.float64))
         v = v[v > 0]
-        ax_hist.hist(np.log2(v), bins=bins, histtype="step", lw=1.4, label=layer)
+        ax_hist.hist(np.log2(v), bins=bins, histtype="step", lw=1.4, label=layer, color=FALLBACK[j])
     ax_hist.axvline(tiny, color=color_of("mixed-noscale"), ls="--", label="float16 min subnormal")
     ax_hist.axvline(
         tiny - np.log2(scale), color=color_of("mixed-dynamic"), ls="-",
