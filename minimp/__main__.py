@@ -76,10 +76,23 @@ def demo(steps: int = 300, seed: int = 0) -> dict[str, float]:
 def regimes(seeds: int = 3, setting: str = "default") -> str:
     """Train the regimes of a documented setting over several seeds; print the README table."""
     from minimp.tools import experiments
-    from minimp.train import ALL_REGIMES, LARGE_BATCH_ADAM, TrainConfig
+    from minimp.train import BEYOND_FP16, LARGE_BATCH_ADAM, REGIMES, TrainConfig
 
+    if setting == "gpt":
+        config = experiments.GPT_TABLE
+        results = experiments.compare_gpt_regimes(
+            data.load_shakespeare(config.gpt.block_size), config, seeds=range(seeds)
+        )
+        table = experiments.gpt_markdown_table(experiments.gpt_summarize(results))
+        print(
+            f"tiny Shakespeare, setting 'gpt': {config.gpt}, AdamW lr {config.lr}, "
+            f"{config.accumulate} micro-batches of {config.batch_size}, {config.steps} steps, "
+            f"seeds 0..{seeds - 1}\n"
+        )
+        print(table)
+        return table
     config, names = {
-        "default": (TrainConfig(), tuple(ALL_REGIMES)),
+        "default": (TrainConfig(), (*REGIMES, *BEYOND_FP16)),
         "large-batch-adam": (LARGE_BATCH_ADAM, ("fp32", "mixed-noscale", "mixed-dynamic")),
     }[setting]
     results = experiments.compare_regimes(data.load_digits(), config, names, seeds=range(seeds))
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     run_regimes = commands.add_parser("regimes", help="the regimes side by side (about a minute)")
     run_regimes.add_argument("--seeds", type=_at_least_one, default=3)
     run_regimes.add_argument(
-        "--setting", choices=["default", "large-batch-adam"], default="default"
+        "--setting", choices=["default", "large-batch-adam", "gpt"], default="default"
     )
     commands.add_parser("figures", help="run every lesson: each redraws its figures in figures/")
     run_lessons = commands.add_parser("lessons", help="run lessons as scripts (default: all)")

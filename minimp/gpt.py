@@ -104,16 +104,24 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias, **kw)
         self.mlp = MLP(config, rng, **kw)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: Tensor, keep: list | None = None, name: str = "") -> Tensor:
+        a = self.attn(self.ln_1(x))
+        if keep is not None:  # the attention's output, its gradient retained for a statistic
+            keep.append((f"{name}attn", a.retain_grad()))
+        x = x + a
+        m = self.mlp(self.ln_2(x))
+        if keep is not None:
+            keep.append((f"{name}mlp", m.retain_grad()))
+        return x + m
 
 
 class GPT(nn.Module):
     """``GPT(config)(idx, targets)`` -> (logits (B, T, vocab), loss or None).
 
     ``idx`` and ``targets`` are (B, T) integer arrays with T <= block_size; the loss
-    is the mean cross-entropy over all B * T positions. Parameters are drawn in
+    is the mean cross-entropy over all B * T positions. A list passed as ``keep``
+    receives (name, output) for each block's attention and MLP, their gradients
+    retained (what a gradient statistic looks at). Parameters are drawn in
     float32 from ``generator`` and rounded once to ``dtype``, so a float16 model and
     a float32 one from the same seed start from the same weights up to that rounding.
     """
@@ -151,7 +159,9 @@ class GPT(nn.Module):
             with ieee():
                 p.data = backend.to_device(round_to_dtype(values, dtype), p.device)
 
-    def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, idx: Any, targets: Any = None, keep: list | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (batch, time) token indices, got shape {idx.shape}")
@@ -163,8 +173,8 @@ class GPT(nn.Module):
             )
         xp = backend.array_module(self.wte.weight.data)
         x = self.drop(self.wte(idx) + self.wpe(xp.arange(t)))  # (B, T, C) + (T, C)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, keep, f"blocks.{i}.")
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits, None

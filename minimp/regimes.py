@@ -17,6 +17,9 @@ spirit of jmp's ``Policy(param_dtype, compute_dtype, output_dtype)``:
   (:class:`~minimp.scaling.DelayedScaling` or :class:`~minimp.scaling.CurrentScaling`),
   or block-scaled (:class:`~minimp.scaling.BlockScaling`: MXFP8, NVFP4), or ``None`` for
   GEMMs in ``compute_dtype``. ``minimp.fp8.to_fp8`` makes the layer each recipe asks for.
+- ``autocast_float32``: under autocast, whether the ops on PyTorch's float32 list
+  (softmax, layer_norm, the losses, ...) run in float32 (True, PyTorch's behaviour) or,
+  like everything else, in ``compute_dtype`` (False: what the list protects against).
 
 The training loop (:class:`minimp.train.Run`) reads these fields and nothing
 else, so a new regime is one entry below (and its colour in the palette).
@@ -33,7 +36,15 @@ import numpy as np
 from minimp.scaling import MXFP8, NVFP4_RECIPE, BlockScaling, CurrentScaling, DelayedScaling
 from minimp.tensor import as_dtype, bfloat16, float16, float32
 
-__all__ = ["ALL_REGIMES", "BEYOND_FP16", "REGIMES", "Regime", "get_regime", "regime_table"]
+__all__ = [
+    "ALL_REGIMES",
+    "AUTOCAST_LISTS",
+    "BEYOND_FP16",
+    "REGIMES",
+    "Regime",
+    "get_regime",
+    "regime_table",
+]
 
 LOSS_SCALING = (None, "static", "dynamic")
 UPDATE_ROUNDING = ("nearest", "stochastic", "kahan")
@@ -52,6 +63,7 @@ class Regime:
     loss_scaling: str | None = None
     update_rounding: str = "nearest"
     matmul: DelayedScaling | CurrentScaling | BlockScaling | None = None
+    autocast_float32: bool = True
 
     def __post_init__(self) -> None:
         for field in ("param_dtype", "compute_dtype", "loss_dtype"):
@@ -75,6 +87,11 @@ class Regime:
             problems.append(
                 "a compute_dtype other than param_dtype means autocast, which casts "
                 "float32 parameters: param_dtype must be float32"
+            )
+        if not self.autocast_float32 and not self.autocast:
+            problems.append(
+                "autocast_float32=False changes autocast's float32 list: it needs autocast "
+                "(float32 param_dtype, 16-bit compute_dtype)"
             )
         if self.matmul is not None and not self.param_dtype == self.compute_dtype == float32:
             problems.append(
@@ -149,7 +166,15 @@ BEYOND_FP16: dict[str, Regime] = _regimes(
            update_rounding="kahan"),
 )  # fmt: skip
 
-ALL_REGIMES: dict[str, Regime] = {**REGIMES, **BEYOND_FP16}
+# What autocast's float32 list is for: the same layout as "amp", but softmax,
+# layer_norm and the loss in float16 too (shown on the transformer, lesson 10).
+AUTOCAST_LISTS: dict[str, Regime] = _regimes(
+    Regime("fp16-everywhere", "float16 everywhere but the masters, softmax, LayerNorm and "
+           "loss included", float32, float16, float16, loss_scaling="dynamic",
+           autocast_float32=False),
+)  # fmt: skip
+
+ALL_REGIMES: dict[str, Regime] = {**REGIMES, **BEYOND_FP16, **AUTOCAST_LISTS}
 
 
 def get_regime(regime: str | Regime) -> Regime:
@@ -167,9 +192,12 @@ def regime_table(regimes: dict[str, Regime] | None = None) -> str:
     columns = ("regime", "params", "compute", "loss", "masters", "loss scale", "update", "matmuls")
     rows = [columns, tuple("---" for _ in columns)]
     for r in regimes.values():
+        compute = str(r.compute_dtype) + (" (autocast)" * r.autocast)
+        if not r.autocast_float32:
+            compute = f"{r.compute_dtype} (autocast, no float32 list)"
         matmuls = r.matmul.label if r.matmul is not None else str(r.compute_dtype)
         rows.append((
-            f"`{r.name}`", str(r.param_dtype), str(r.compute_dtype) + (" (autocast)" * r.autocast),
+            f"`{r.name}`", str(r.param_dtype), compute,
             str(r.loss_dtype), "float32" if r.master_weights else "-", r.loss_scaling or "-",
             r.update_rounding, matmuls,
         ))  # fmt: skip

@@ -98,6 +98,18 @@ class _GradMode(threading.local):
 _grad_mode = _GradMode()
 
 
+# The check of minimp.anomaly.detect_anomaly while one is active: ``forward(out, parents)``
+# sees every op's output, ``backward(node, grad, parent, g)`` every gradient handed on.
+_anomaly_hook: Any = None
+
+
+def set_anomaly_hook(hook: Any) -> Any:
+    """Install minimp.anomaly's check (None: off); returns the one it replaces."""
+    global _anomaly_hook
+    previous, _anomaly_hook = _anomaly_hook, hook
+    return previous
+
+
 def is_grad_enabled() -> bool:
     return _grad_mode.enabled
 
@@ -176,6 +188,8 @@ class Tensor:
             out._parents = parents
             out._backward = backward
             out._saved = tuple(a for a in saved if a is not None)
+        if _anomaly_hook is not None:  # minimp.anomaly; off: this one test per op
+            _anomaly_hook.forward(out, parents)
         return out
 
     # ---- what it is -------------------------------------------------------------
@@ -303,6 +317,8 @@ class Tensor:
                     if g is None or not parent.requires_grad:
                         continue
                     g = round_to_dtype(_sum_to_shape(g, parent.shape), parent.dtype)
+                    if _anomaly_hook is not None:
+                        _anomaly_hook.backward(node, grad, parent, g)
                     previous = grads.get(id(parent))
                     grads[id(parent)] = g if previous is None else _add(previous, g)
                 if not retain_graph:  # free the saved arrays, as PyTorch does

@@ -1,8 +1,12 @@
 """One training loop, and the precision regimes it runs.
 
-Every regime trains the same MLP from the same float32 initialisation, on the
+Every regime trains the same model from the same float32 initialisation, on the
 same minibatches in the same order; only precision changes, as each regime's
 policy says (:mod:`minimp.regimes`, printed by ``python -m minimp policies``).
+The model is the digits MLP, or, when the config holds a ``GPTConfig``, the small
+GPT of :mod:`minimp.gpt` on tiny Shakespeare (``SHAKESPEARE_GPT``): the same loop,
+with gradient accumulation over micro-batches, AdamW with weight decay on the
+matrices only, and linear warmup then cosine decay, as nanoGPT trains it.
 
 The loop is the paper's recipe in the order a reader must learn it (and the
 order nanoGPT uses): forward in 16 bits, loss in float32, scale the loss,
@@ -27,16 +31,19 @@ import numpy as np
 from minimp import backend, checkpoint, nn, optim
 from minimp import functional as F
 from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler, autocast
-from minimp.data import Dataset
+from minimp.data import CharCorpus, Dataset
 from minimp.fp8 import Fp8Linear, to_fp8
+from minimp.gpt import GPT, GPTConfig
 from minimp.regimes import ALL_REGIMES, BEYOND_FP16, REGIMES, Regime, get_regime
 from minimp.tensor import Tensor, bfloat16, no_grad, tensor
 
 __all__ = [
     "ALL_REGIMES",
     "BEYOND_FP16",
+    "GPT_REGIMES",
     "LARGE_BATCH_ADAM",
     "REGIMES",
+    "SHAKESPEARE_GPT",
     "History",
     "Regime",
     "Run",
@@ -54,7 +61,8 @@ class TrainConfig:
 
     sizes: tuple[int, ...] = (64, 128, 128, 10)  # an MLP on 8x8 images, 10 classes
     activation: str = "relu"
-    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
+    gpt: GPTConfig | None = None  # set: train this GPT (sizes, activation unused)
+    optimizer: str = "sgd"  # "sgd" (with momentum), "adam", or "adamw" (decay on matrices)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -68,6 +76,10 @@ class TrainConfig:
     min_scale: float = 1.0  # below 1 scaling cannot help; stop with an explanation
     eval_every: int = 100
     record_every: int = 0  # call hooks every N steps (0: never)
+    accumulate: int = 1  # GPT: micro-batches of batch_size per optimizer step
+    warmup: int = 0  # steps of linear warmup from lr / warmup to lr
+    cosine: bool = False  # then cosine decay to lr / 10 at the last step
+    eval_batches: int = 4  # GPT: validation batches per evaluation (the same in every run)
 
     def __post_init__(self) -> None:
         """Every setting checked here, so a bad one fails at construction, by name."""
@@ -89,12 +101,16 @@ class TrainConfig:
         object.__setattr__(self, "sizes", tuple(int(n) for n in sizes))
         if self.activation not in ("relu", "tanh", "sigmoid"):
             raise bad("activation", "'relu', 'tanh' or 'sigmoid'")
-        if self.optimizer not in ("sgd", "adam"):
-            raise bad("optimizer", "'sgd' or 'adam'")
-        for name in ("batch_size", "steps", "eval_every", "growth_interval"):
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise bad("optimizer", "'sgd', 'adam' or 'adamw'")
+        if self.gpt is not None and not isinstance(self.gpt, GPTConfig):
+            raise bad("gpt", "None or a minimp.gpt.GPTConfig")
+        if self.accumulate != 1 and self.gpt is None:
+            raise bad("accumulate", "1 for the MLP (micro-batches are the GPT's)")
+        for name in ("batch_size", "steps", "eval_every", "growth_interval", "accumulate"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 raise bad(name, "an integer >= 1")
-        for name in ("seed", "record_every"):
+        for name in ("seed", "record_every", "warmup", "eval_batches"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
                 raise bad(name, "an integer >= 0")
         for name in ("lr", "momentum", "weight_decay", "min_scale"):
@@ -105,6 +121,10 @@ class TrainConfig:
                 raise bad(name, "a finite number > 0")
         if self.clip_norm is not None and not (is_real(self.clip_norm) and self.clip_norm > 0):
             raise bad("clip_norm", "None or a finite number > 0")
+        if self.warmup >= self.steps:
+            raise bad("warmup", f"fewer steps than steps={self.steps}")
+        if not isinstance(self.cosine, bool):
+            raise bad("cosine", "True or False")
 
 
 # The setting where unscaled float16 gradients do hurt (README, "When scaling matters"):
@@ -115,6 +135,20 @@ class TrainConfig:
 LARGE_BATCH_ADAM = TrainConfig(
     optimizer="adam", lr=1e-3, batch_size=1024, steps=3000, eval_every=500
 )
+
+
+# The transformer of lesson 10: nanoGPT's shakespeare_char recipe, shrunk until all six
+# regimes train in a lesson's budget on one CPU core (a 32-wide, 2-layer GPT with a
+# 32-character context; 2 micro-batches of 8 windows per step).
+SHAKESPEARE_GPT = TrainConfig(
+    gpt=GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=32),
+    optimizer="adamw", lr=1e-2, weight_decay=0.1, batch_size=8, accumulate=2,
+    steps=120, warmup=10, cosine=True, clip_norm=1.0, eval_every=20, eval_batches=4,
+    growth_interval=50,
+)  # fmt: skip
+
+# The regimes the transformer trains in (lesson 10, README), in the issue's order.
+GPT_REGIMES = ("fp32", "fp16", "mixed-noscale", "mixed-dynamic", "bf16", "fp16-everywhere")
 
 
 @dataclass
@@ -128,8 +162,8 @@ class History:
     skipped: list[bool] = field(default_factory=list)  # step skipped for inf/NaN
     lost_updates: list[float] = field(default_factory=list)  # see Run._lost_fraction
     eval_step: list[int] = field(default_factory=list)
-    test_loss: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)  # GPT: validation loss
+    test_accuracy: list[float] = field(default_factory=list)  # GPT: next-character accuracy
     memory: dict[str, int] = field(default_factory=dict)  # stored bytes by category, if measured
     peak_memory: int = 0  # bytes allocated at once during a step, if measured (minimp.memory)
 
@@ -189,12 +223,19 @@ class Run:
         device: str = "cpu",
     ):
         self.regime = get_regime(regime)
-        if config.sizes[0] != dataset.n_features or config.sizes[-1] != dataset.n_classes:
+        if config.gpt is not None:
+            self._check_corpus(dataset, config)
+        elif not isinstance(dataset, Dataset):
+            raise TypeError(
+                f"the MLP trains on a minimp.data.Dataset, got {type(dataset).__name__}; "
+                "for a CharCorpus, set TrainConfig(gpt=GPTConfig(...))"
+            )
+        elif config.sizes[0] != dataset.n_features or config.sizes[-1] != dataset.n_classes:
             raise ValueError(
                 f"model sizes {config.sizes} do not fit {dataset.name}: "
                 f"{dataset.n_features} features in, {dataset.n_classes} classes out"
             )
-        if config.batch_size > len(dataset.x_train):
+        elif config.batch_size > len(dataset.x_train):
             raise ValueError(
                 f"TrainConfig: batch_size must be at most the {len(dataset.x_train)} training "
                 f"examples of {dataset.name}, got {config.batch_size}"
@@ -207,16 +248,19 @@ class Run:
             )
         self.dataset, self.config, self.device = dataset, config, device
         # The same float32 initialisation for every regime, rounded to its dtype.
-        self.model = nn.MLP(
-            config.sizes,
-            config.activation,
-            device=device,
-            generator=np.random.default_rng(config.seed),
-        ).to(self.regime.param_dtype)
+        rng = np.random.default_rng(config.seed)
+        if config.gpt is not None:
+            self.model = GPT(config.gpt, device=device, generator=rng)
+        else:
+            self.model = nn.MLP(config.sizes, config.activation, device=device, generator=rng)
+        self.model.to(self.regime.param_dtype)
         if self.regime.matmul is not None:  # the same parameters, their matmuls in fp8
             self.model = to_fp8(self.model, self.regime.matmul)
         self.masters = MasterWeights(self.model) if self.regime.master_weights else None
         params = self.masters.parameters() if self.masters else self.model.parameters()
+        # What the optimizer updates, by the model's names (the masters in their order)
+        self.updated = dict(zip((n for n, _ in self.model.named_parameters()), params, strict=True))
+        self.lost_by_parameter = {name: [0, 0] for name in self.updated}  # [lost, moved]
         rounding = {"update_rounding": self.regime.update_rounding}
         if self.regime.update_rounding == "stochastic":  # its own stream, fixed by the seed
             rounding["generator"] = np.random.default_rng([config.seed, 1])
@@ -224,10 +268,19 @@ class Run:
             self.optimizer = optim.SGD(
                 params, config.lr, config.momentum, config.weight_decay, **rounding
             )
-        else:
+        elif config.optimizer == "adam":
             self.optimizer = optim.Adam(
                 params, config.lr, weight_decay=config.weight_decay, **rounding
             )
+        else:  # nanoGPT's groups: matrices and embeddings decay, gains and biases do not
+            groups = [
+                {"params": [p for p in params if p.ndim >= 2]},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            ]
+            self.optimizer = optim.AdamW(
+                groups, config.lr, weight_decay=config.weight_decay, **rounding
+            )
+        self.scheduler = _schedule(self.optimizer, config)
         if self.regime.loss_scaling == "static":
             self.scaler = StaticGradScaler(config.static_scale)
         else:
@@ -240,8 +293,33 @@ class Run:
         self.history = History(self.regime.name)
         self.steps_done = 0
 
+    @staticmethod
+    def _check_corpus(corpus: Any, config: TrainConfig) -> None:
+        if not isinstance(corpus, CharCorpus):
+            raise TypeError(
+                f"TrainConfig(gpt=...) trains on a minimp.data.CharCorpus (data.load_shakespeare),"
+                f" got {type(corpus).__name__}"
+            )
+        if (corpus.vocab_size, corpus.block_size) != (
+            config.gpt.vocab_size,
+            config.gpt.block_size,
+        ):
+            raise ValueError(
+                f"the GPT (vocab_size={config.gpt.vocab_size}, block_size="
+                f"{config.gpt.block_size}) does not fit the corpus (vocab_size="
+                f"{corpus.vocab_size}, block_size={corpus.block_size}): load it with "
+                f"data.load_shakespeare(block_size={config.gpt.block_size})"
+            )
+
     # ---- data order: a pure function of (seed, step), so a resumed run sees the same
     def _batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.gpt is not None:  # (micro-batches, batch_size, block_size)
+            rng = np.random.default_rng((self.config.seed, step))
+            pairs = [
+                self.dataset.batch("train", self.config.batch_size, rng)
+                for _ in range(self.config.accumulate)
+            ]
+            return np.stack([x for x, _ in pairs]), np.stack([y for _, y in pairs])
         x, y = self.dataset.x_train, self.dataset.y_train
         per_epoch = len(x) // self.config.batch_size
         epoch, i = divmod(step, per_epoch)
@@ -253,16 +331,21 @@ class Run:
         """A batch as the step takes it: inputs in the parameters' dtype (autocast casts
         them per op where the regime has it), both on the device."""
         xp = backend.array_module(self.model.parameters()[0].data)
+        if self.config.gpt is not None:  # token ids stay integers
+            return xp.asarray(x), xp.asarray(y)
         return tensor(x, dtype=self.regime.param_dtype, device=self.device), xp.asarray(y)
 
     def _forward(self, x: Any, keep: bool) -> tuple[Tensor, list[tuple[str, Tensor]]]:
-        h = x if isinstance(x, Tensor) else tensor(x, self.regime.param_dtype, device=self.device)
-        kept = []
+        kept: list[tuple[str, Tensor]] = []
         with (
-            autocast(self.regime.compute_dtype)
+            autocast(self.regime.compute_dtype, float32_list=self.regime.autocast_float32)
             if self.regime.autocast
             else contextlib.nullcontext()
         ):
+            if self.config.gpt is not None:  # keeps each block's attention and MLP output
+                logits, _ = self.model(x, None, kept if keep else None)
+                return logits, kept
+            h = x if isinstance(x, Tensor) else tensor(x, self.regime.param_dtype, self.device)
             for i, layer in enumerate(self.model.layers):
                 h = layer(h)
                 if keep and layer.parameters() and h.requires_grad:  # a Linear's output
@@ -271,6 +354,8 @@ class Run:
 
     def _loss(self, logits: Tensor, y: Any) -> Tensor:
         y = backend.array_module(logits.data).asarray(y)
+        if logits.ndim == 3:  # the GPT's (B, T, vocab): every position is a prediction
+            logits, y = logits.view(-1, logits.shape[-1]), y.reshape(-1)
         return F.cross_entropy(logits.to(self.regime.loss_dtype), y)
 
     def step(self, x: Any, y: Any, hooks: Sequence[Hook] = (), measure: bool = False) -> StepResult:
@@ -279,17 +364,31 @@ class Run:
         masters, unscale, clip, [hooks], step or skip, update the scale, refresh the
         16-bit weights. ``x`` is an array or a Tensor already on the device (see
         ``to_device``). ``measure`` also counts the updates rounding lost (costs a
-        comparison of every weight). This is the step ``train`` runs and the benchmark times."""
-        logits, activations = self._forward(x, keep=bool(hooks))
-        loss = self._loss(logits, y)
+        comparison of every weight). This is the step ``train`` runs and the benchmark times.
+
+        A GPT's batch is ``config.accumulate`` micro-batches along the first axis: each
+        one's loss is divided by their number and backward adds its gradients to the
+        last's; unscale, clip, step and update happen once, after the last (PyTorch's
+        AMP examples, "gradient accumulation"). Hooks see the last micro-batch."""
+        micro = list(zip(x, y, strict=True)) if self.config.gpt is not None else [(x, y)]
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-        self.scaler.scale(loss).backward()
+        total = 0.0
+        for xb, yb in micro:
+            logits, activations = self._forward(xb, keep=bool(hooks))
+            loss = self._loss(logits, yb)
+            if len(micro) > 1:
+                loss = loss / len(micro)
+            self.scaler.scale(loss).backward()
+            total += loss.item()
+        if len(micro) > 1:
+            loss = tensor(total)  # the mean over micro-batches, for the history
+            x, y = micro[-1]
         if self.masters:
             self.masters.copy_grads_to_masters()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         if self.config.clip_norm is not None:
-            nn.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.config.clip_norm)
+            nn.clip_grad_norm_(list(self.updated.values()), self.config.clip_norm)
         if hooks:
             info = StepInfo(
                 self.steps_done, self.regime, loss.item(), scale, self.model, self.masters,
@@ -298,8 +397,10 @@ class Run:
             )  # fmt: skip
             for hook in hooks:
                 hook(info)
-        before = [p.data for p in self.optimizer.param_groups[0]["params"]] if measure else None
+        before = [p.data for p in self.updated.values()] if measure else None
         stepped = self.scaler.step(self.optimizer)
+        if stepped and self.scheduler is not None:  # a skipped step does not advance it
+            self.scheduler.step()
         self.scaler.update()
         if self.masters:
             self.masters.copy_masters_to_model()
@@ -366,15 +467,20 @@ class Run:
         (sec. 3.1). Measured on what the optimizer updates: the float16 weights in
         pure fp16, the float32 masters otherwise."""
         counts = []  # on the device, read back once: one sync, not two per parameter
-        for p, old in zip(self.optimizer.param_groups[0]["params"], before, strict=True):
+        for p, old in zip(self.updated.values(), before, strict=True):
             nonzero = p.grad.data != 0
             counts += [(nonzero & (p.data == old)).sum(), nonzero.sum()]
         xp = backend.array_module(counts[0])
-        lost, moved = backend.to_numpy(xp.stack(counts)).reshape(-1, 2).sum(axis=0).tolist()
+        per_parameter = backend.to_numpy(xp.stack(counts)).reshape(-1, 2)
+        for name, (lost_here, moved_here) in zip(self.updated, per_parameter.tolist(), strict=True):
+            self.lost_by_parameter[name][0] += lost_here
+            self.lost_by_parameter[name][1] += moved_here
+        lost, moved = per_parameter.sum(axis=0).tolist()
         return lost / moved if moved else math.nan
 
     def save(self, path) -> None:
         """Checkpoint everything the next step depends on, plus the histories."""
+        self._check_checkpointable()
         checkpoint.save(
             path,
             model=self.model,
@@ -394,8 +500,17 @@ class Run:
             },
         )
 
+    def _check_checkpointable(self) -> None:
+        if self.scheduler is not None:
+            raise NotImplementedError(
+                "checkpoints of runs with a learning-rate schedule (warmup, cosine) are not "
+                "supported yet: the schedule's position is not saved"
+            )
+
     def fp8_layers(self) -> list[Fp8Linear]:
         """The model's fp8 layers (none unless the regime has an fp8 recipe)."""
+        if self.config.gpt is not None:
+            return []
         return [layer for layer in self.model.layers if isinstance(layer, Fp8Linear)]
 
     def load(self, path, allow_nonfinite: bool = False) -> None:
@@ -404,6 +519,7 @@ class Run:
         raises ``CheckpointError`` and leaves the run as it was. NaN or inf weights are
         refused unless ``allow_nonfinite`` (``path`` may also be ``checkpoint.read``'s
         contents)."""
+        self._check_checkpointable()
         contents = path if isinstance(path, checkpoint.Contents) else checkpoint.read(path)
         path = contents.path
         extra = contents.extra
@@ -417,6 +533,8 @@ class Run:
         try:
             saved_config = dict(extra["config"])
             saved_config["sizes"] = tuple(saved_config.get("sizes", ()))
+            if isinstance(saved_config.get("gpt"), dict):
+                saved_config["gpt"] = GPTConfig(**saved_config["gpt"])
             config = TrainConfig(**saved_config)
         except (TypeError, ValueError) as err:
             raise fail(f"its config does not make a TrainConfig: {err}") from None
@@ -523,7 +641,23 @@ class Run:
                     )
 
     def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy, in the regime's dtype (the model as deployed)."""
+        """Test loss and accuracy, in the regime's dtype (the model as deployed). The GPT's:
+        validation loss and next-character accuracy over ``eval_batches`` windows of the
+        validation text, the same windows in every run and at every evaluation."""
+        if self.config.gpt is not None:
+            rng = np.random.default_rng(2018)
+            losses, hits = [], []
+            with no_grad():
+                for _ in range(self.config.eval_batches):
+                    x, y = self.to_device(*self.dataset.batch("val", self.config.batch_size, rng))
+                    logits, _ = self._forward(x, keep=False)
+                    losses.append(self._loss(logits, y).item())
+                    hits.append(float(np.mean(logits.numpy().argmax(-1) == backend.to_numpy(y))))
+            loss, accuracy = float(np.mean(losses)), float(np.mean(hits))
+            self.history.eval_step.append(self.steps_done)
+            self.history.test_loss.append(loss)
+            self.history.test_accuracy.append(accuracy)
+            return loss, accuracy
         with no_grad():
             logits, _ = self._forward(self.dataset.x_test, keep=False)
             loss = self._loss(logits, self.dataset.y_test).item()
@@ -596,6 +730,23 @@ def _checked_scale_history(saved: Any, fail) -> list[ScaleRecord]:
         if not ok:
             raise fail(f"scale_history entry {i} is {record!r:.60}, expected keys {names}")
     return [ScaleRecord(**r) for r in saved]
+
+
+def _schedule(optimizer: optim.Optimizer, config: TrainConfig):
+    """Linear warmup then cosine decay to lr / 10 (nanoGPT's), stepped once per step
+    taken; None for a constant learning rate."""
+    sched = optim.lr_scheduler
+    parts, milestones = [], []
+    if config.warmup:
+        parts.append(sched.LinearLR(optimizer, 1.0 / config.warmup, 1.0, config.warmup))
+        milestones.append(config.warmup)
+    if config.cosine:
+        parts.append(
+            sched.CosineAnnealingLR(optimizer, config.steps - config.warmup, config.lr / 10)
+        )
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return sched.SequentialLR(optimizer, parts, milestones)
 
 
 class _NoBar:

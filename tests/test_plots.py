@@ -328,4 +328,17 @@ def test_spike_scaling(tmp_path):
     assert [a.get_ylabel() for a in fig.axes] == ["amax", "saturated", "flushed"]
     assert list(fig.axes[1].get_lines()[0].get_ydata()) == sat["delayed"]
     assert "delayed" in texts(fig) and fig.axes[0].get_yscale() == "log"
+
+
+def test_transformer_regimes_marks_a_run_that_became_nan_and_the_two_flush_lines(tmp_path):
+    curves = {
+        "fp32": {"eval_step": [10, 20], "test_loss": [3.0, 2.8]},
+        "fp16": {"eval_step": [10, 20], "test_loss": [3.1, float("nan")]},
+    }
+    grads = {"block 0.attn": np.array([2.0**-10, 2.0**-30, 0.0])}
+    fig = plots.transformer_regimes(curves, grads, 2.0**17)
+    ax_loss, ax_hist = fig.axes
+    labels = [t.get_text() for t in ax_loss.get_legend().get_texts()]
+    assert labels == ["fp32", "fp16 (NaN from step 20)"]
+    assert [line.get_xdata()[0] for line in ax_hist.lines] == [-24, -41]
     saves(fig, tmp_path)

@@ -159,3 +159,28 @@ def test_on_small_batches_unscaled_fp8_still_trains(summary):
     for name in ("fp8", "fp8-unscaled"):
         assert summary[name]["loss_mean"] < 1.2 * fp32
         assert abs(summary[name]["accuracy_mean"] - summary["fp32"]["accuracy_mean"]) < 0.01
+
+
+def test_the_readme_transformer_table_is_what_the_code_measures():
+    """The README's transformer table (``python -m minimp regimes --setting gpt
+    --seeds 2``), every number recomputed on the same runs."""
+    config = experiments.GPT_TABLE
+    results = experiments.compare_gpt_regimes(
+        data.load_shakespeare(config.gpt.block_size), config, seeds=(0, 1)
+    )
+    summary = {row["regime"]: row for row in experiments.gpt_summarize(results)}
+    rows = _readme_rows("### The regimes on the transformer")
+    assert set(rows) == set(summary)
+    for name, cells in rows.items():
+        row = summary[name]
+        assert cells[2] == f"{row['nan_runs']} of {row['seeds']}"
+        assert _number(cells[3]) == pytest.approx(row["skipped"], abs=0.05)
+        if cells[0] == "NaN":
+            assert row["nan_runs"] == row["seeds"]
+            continue
+        mean, spread = (float(v) for v in cells[0].split(" ± "))
+        assert mean == pytest.approx(row["val_loss_mean"], abs=0.002)
+        assert spread == pytest.approx(row["val_loss_std"], abs=0.002)
+        assert _number(cells[1]) == pytest.approx(100 * row["accuracy_mean"], abs=0.1)
+    # what the README's prose says of them
+    assert summary["fp16"]["nan_runs"] == 2 and summary["fp16-everywhere"]["skipped"] >= 1

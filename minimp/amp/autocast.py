@@ -70,11 +70,15 @@ class autocast:
     """Context manager: ops inside run in the dtype ``POLICY`` chooses.
 
     Regions nest; ``autocast(enabled=False)`` inside one turns it off (e.g. to run
-    a part of the model in float32 on purpose).
+    a part of the model in float32 on purpose). ``float32_list=False`` (minimp's, for
+    a lesson) runs the float32 list in the low dtype too, to show what it prevents.
     """
 
-    def __init__(self, dtype: Any = float16, enabled: bool = True) -> None:
+    def __init__(
+        self, dtype: Any = float16, enabled: bool = True, float32_list: bool = True
+    ) -> None:
         self.dtype = as_dtype(dtype)
+        self.float32_list = float32_list  # False: the FLOAT32 ops run in ``dtype`` too
         if self.dtype not in (float16, bfloat16):
             raise ValueError(f"autocast needs float16 or bfloat16, got {self.dtype}")
         self.enabled = enabled
@@ -90,7 +94,7 @@ class autocast:
 
     def _cast_inputs(self, op: str, tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         rule = POLICY.get(op)
-        if rule == LOWER:
+        if rule == LOWER or (rule == FLOAT32 and not self.float32_list):
             return tuple(self._lower(t) for t in tensors)
         if rule == FLOAT32:
             return tuple(t.to(float32) for t in tensors)

@@ -14,19 +14,41 @@ from typing import Any
 
 import numpy as np
 
-from minimp.data import Dataset
+from minimp.data import CharCorpus, Dataset
 from minimp.memory import measure_peak, memory_report
 from minimp.stats import GradientRecorder
 from minimp.tensor import float32
-from minimp.train import ALL_REGIMES, History, Run, TrainConfig, get_regime
+from minimp.train import (
+    BEYOND_FP16,
+    GPT_REGIMES,
+    REGIMES,
+    SHAKESPEARE_GPT,
+    History,
+    Run,
+    TrainConfig,
+    get_regime,
+)
 
-__all__ = ["compare_regimes", "loss_ratios", "markdown_table", "summarize"]
+__all__ = [
+    "GPT_TABLE",
+    "compare_gpt_regimes",
+    "compare_regimes",
+    "gpt_markdown_table",
+    "gpt_summarize",
+    "loss_ratios",
+    "markdown_table",
+    "summarize",
+]
+
+# The README's transformer table: lesson 10's model and recipe, shortened to 24 steps
+# so that its test reruns all 2 x 6 runs within a minute.
+GPT_TABLE = replace(SHAKESPEARE_GPT, steps=24, warmup=4, eval_every=24)
 
 
 def compare_regimes(
     dataset: Dataset,
     config: TrainConfig = TrainConfig(),
-    regimes: Sequence[str] = tuple(ALL_REGIMES),
+    regimes: Sequence[str] = (*REGIMES, *BEYOND_FP16),
     seeds: Sequence[int] = (0, 1, 2),
     progress: bool | None = None,
 ) -> dict[str, list[tuple[History, list[dict[str, Any]]]]]:
@@ -118,5 +140,63 @@ def markdown_table(rows: list[dict]) -> str:
             f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
             f"| {r['loss_mean']:.3g} ± {r['loss_std']:.2g} | {r['lost_updates']:.1%} "
             f"| {r['skipped']:.1f} | {flushed} | {memory} | {peak} |"
+        )
+    return "\n".join(lines)
+
+
+def compare_gpt_regimes(
+    corpus: CharCorpus,
+    config: TrainConfig = GPT_TABLE,
+    regimes: Sequence[str] = GPT_REGIMES,
+    seeds: Sequence[int] = (0, 1),
+) -> dict[str, list[History]]:
+    """The transformer in each regime, once per seed: the histories."""
+    return {
+        name: [Run(name, corpus, replace(config, seed=seed)).train() for seed in seeds]
+        for name in regimes
+    }
+
+
+def gpt_summarize(results: dict[str, list[History]]) -> list[dict]:
+    """One row per regime: mean and spread over seeds of the final validation loss and
+    next-character accuracy (NaN when a seed's loss became NaN: the row says how many
+    did), and the mean number of skipped steps."""
+    rows = []
+    for name, runs in results.items():
+        loss = [h.test_loss[-1] for h in runs]
+        finite = [v for v in loss if math.isfinite(v)]
+        accuracy = [
+            h.test_accuracy[-1] for h, v in zip(runs, loss, strict=True) if math.isfinite(v)
+        ]
+        rows.append(
+            {
+                "regime": name,
+                "val_loss_mean": float(np.mean(finite)) if finite else math.nan,
+                "val_loss_std": float(np.std(finite)) if finite else math.nan,
+                "accuracy_mean": float(np.mean(accuracy)) if accuracy else math.nan,
+                "nan_runs": len(loss) - len(finite),
+                "seeds": len(loss),
+                "skipped": float(np.mean([sum(h.skipped) for h in runs])),
+            }
+        )
+    return rows
+
+
+def gpt_markdown_table(rows: list[dict]) -> str:
+    """The transformer summary as the Markdown table the README shows."""
+    lines = [
+        "| regime | validation loss | next-character accuracy | runs that became NaN "
+        "| skipped steps |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if r["nan_runs"] == r["seeds"]:
+            loss, accuracy = "NaN", "n/a"
+        else:
+            loss = f"{r['val_loss_mean']:.3f} ± {r['val_loss_std']:.3f}"
+            accuracy = f"{r['accuracy_mean']:.1%}"
+        lines.append(
+            f"| `{r['regime']}` | {loss} | {accuracy} | {r['nan_runs']} of {r['seeds']} "
+            f"| {r['skipped']:.1f} |"
         )
     return "\n".join(lines)

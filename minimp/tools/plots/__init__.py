@@ -26,6 +26,7 @@ from minimp.tools.plots.palette import (
 from minimp.tools.plots.ranks import found_inf_divergence, reduce_dtype_errors, zero_memory
 from minimp.tools.plots.scaling import FP8_ROLE_FORMATS, fp8_scaling, loss_scale_trace
 from minimp.tools.plots.training import regimes_compared
+from minimp.tools.plots.transformer import transformer_regimes
 from minimp.tools.plots.weights import PURE16_STYLES, master_weights, one_weight_rounding, pure16
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "reduce_dtype_errors",
     "regimes_compared",
     "spike_scaling",
+    "transformer_regimes",
     "underflow_histogram",
     "zero_memory",
 ]

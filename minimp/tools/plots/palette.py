@@ -45,7 +45,7 @@ COLORS: dict[str, str] = {
     "bf16": OKABE_ITO["bluish green"],
     "fp8": OKABE_ITO["reddish purple"],  # fp8's colour: the format its forward pass uses
     "fp8-unscaled": OKABE_ITO["yellow"],
-    # Okabe-Ito has eight colours and minimp fourteen regimes: the rest from Paul Tol's
+    # Okabe-Ito has eight colours and minimp fifteen regimes: the rest from Paul Tol's
     # colour-blind-safe "muted" scheme, the pure-bfloat16 family in greens beside bf16
     "amp": "#332288",  # indigo: AMP computes what mixed-dynamic (blue) computes
     "bf16-pure": "#117733",
@@ -54,6 +54,7 @@ COLORS: dict[str, str] = {
     # the block-scaled regimes beside fp8's reddish purple: Tol's wine and rose
     "mxfp8": "#882255",
     "nvfp4": "#CC6677",
+    "fp16-everywhere": "#661100",  # dark red, beside fp16: float16 with nothing kept in float32
     # the formats of minimp.formats: a format has its regime's colour
     "float32": OKABE_ITO["black"],
     "float16": OKABE_ITO["vermillion"],
@@ -95,6 +96,7 @@ LINESTYLES: dict[str, Any] = {
     # per-tensor scaling recipes (lesson 11)
     "delayed": "-",
     "current": (0, (5, 2)),
+    "fp16-everywhere": (0, (4, 1, 1, 1, 1, 1)),
     "static": (0, (1, 1.5)),
     "dynamic": "-",
     # the ranks of a data-parallel run (lesson 12)
