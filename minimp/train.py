@@ -372,16 +372,18 @@ class Run:
         AMP examples, "gradient accumulation"). Hooks see the last micro-batch."""
         micro = list(zip(x, y, strict=True)) if self.config.gpt is not None else [(x, y)]
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
-        total = 0.0
+        total = None  # the micro-batches' losses summed in float64 on the device: no sync
         for xb, yb in micro:
             logits, activations = self._forward(xb, keep=bool(hooks))
             loss = self._loss(logits, yb)
             if len(micro) > 1:
                 loss = loss / len(micro)
             self.scaler.scale(loss).backward()
-            total += loss.item()
+            if len(micro) > 1:
+                wide = loss.data.astype(np.float64)
+                total = wide if total is None else total + wide
         if len(micro) > 1:
-            loss = tensor(total)  # the mean over micro-batches, for the history
+            loss = tensor(total)  # the mean over micro-batches, for the history (float32)
             x, y = micro[-1]
         if self.masters:
             self.masters.copy_grads_to_masters()

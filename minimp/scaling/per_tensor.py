@@ -226,9 +226,7 @@ class TensorScaling:
             "saturated": int((magnitude * scale > fmt.max).sum()) / max(nonzero, 1),
             "scale": float(scale),
         }
-        self.amax_history = np.concatenate([[last_amax], self.amax_history[:-1]]).astype(
-            np.float32
-        )
+        self.amax_history = np.concatenate([[last_amax], self.amax_history[:-1]]).astype(np.float32)
         if current:
             self.scale = float(scale)
         elif self.recipe.scaling:
