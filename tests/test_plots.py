@@ -295,3 +295,20 @@ def test_every_regime_has_its_own_colour():
 
     colours = [plots.COLORS[name] for name in ALL_REGIMES]
     assert len(set(colours)) == len(colours)
+
+
+def test_autocast_overview_marks_where_float16_exp_overflows(tmp_path):
+    logits = np.array([-3.0, 0.0, 5.0, 12.0, 20.0])  # two of five beyond ln(65504)
+    memory = {
+        "amp": {"parameters": 4096, "master weights": 0, "gradients": 4096, "activations": 1024},
+        "mixed-dynamic": {"parameters": 2048, "master weights": 4096, "gradients": 6144},
+    }
+    fig = plots.autocast_overview(logits, memory)
+    left, right = fig.axes
+    assert plots.EXP_OVERFLOW == pytest.approx(np.log(65504))
+    assert [line.get_xdata()[0] for line in left.lines] == [plots.EXP_OVERFLOW]
+    drawn = texts(fig)
+    assert any("40.0% of the logits" in t for t in drawn)
+    assert [t.get_text() for t in right.get_xticklabels()] == list(memory)
+    assert "9 KiB" in drawn and "12 KiB" in drawn  # the stored totals on top of the bars
+    saves(fig, tmp_path)
