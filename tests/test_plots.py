@@ -312,3 +312,18 @@ def test_autocast_overview_marks_where_float16_exp_overflows(tmp_path):
     assert [t.get_text() for t in right.get_xticklabels()] == list(memory)
     assert "9 KiB" in drawn and "12 KiB" in drawn  # the stored totals on top of the bars
     saves(fig, tmp_path)
+
+
+def test_underflow_histogram_flushes_only_below_half_the_smallest_subnormal():
+    """IEEE: values in [2^-25, 2^-24) round up to 2^-24 (2^-25 itself is a tie, to 0), so
+    the flush line is at 2^-25, and the region called flushed ends there."""
+    values = np.float32([2.0**-24.5, 2.0**-30, 1e-3])  # the first rounds up to 2^-24
+    fig = plots.underflow_histogram(values, "float16")
+    ax = fig.axes[0]
+    lines = {
+        round(float(line.get_xdata()[0]), 6) for line in ax.lines if len(line.get_xdata()) == 2
+    }
+    assert -25.0 in lines  # the flush line
+    (flushed,) = [t for t in ax.texts if t.get_text().startswith("flushed")]
+    assert flushed.get_position()[0] < -25
+    assert "33.3% flushed to zero" in " ".join(texts(fig))  # only 2^-30 of the three
