@@ -327,3 +327,15 @@ def test_underflow_histogram_flushes_only_below_half_the_smallest_subnormal():
     (flushed,) = [t for t in ax.texts if t.get_text().startswith("flushed")]
     assert flushed.get_position()[0] < -25
     assert "33.3% flushed to zero" in " ".join(texts(fig))  # only 2^-30 of the three
+
+
+def test_loss_scale_trace_shows_a_run_that_skips_every_step_above_its_crosses():
+    """A static scale that overflows on every step: its line must not hide under the
+    crosses of its skipped steps (lesson 4's 04_overflow figure)."""
+    n = 40
+    static = {"step": np.arange(n), "scale": np.full(n, 2.0**40), "skipped": np.ones(n, bool)}
+    fig = plots.loss_scale_trace({"static": static})
+    ax = fig.axes[0]
+    (line,) = [x for x in ax.lines if x.get_label().startswith("static")]
+    (crosses,) = [x for x in ax.lines if x.get_marker() == "x"]
+    assert line.get_zorder() > crosses.get_zorder()
