@@ -501,6 +501,7 @@ for name, row in lost_by.items():
 claim(lost_by["SGD"][1e-1] == 0, "SGD takes the largest gradient's updates")
 claim(all(lost_by["SGD"][g] == 1 for g in GRADIENTS[1:]), "SGD loses every smaller one")
 claim(all(v == 0 for v in lost_by["Adam"].values()), "Adam loses none", lost=lost_by["Adam"])
+claim(float(np.float16(1e-8)) == 0.0, "Adam's eps, 1e-8, is 0 in float16")
 claim(ADAM_LR > 2.0**-11, "Adam's lr is above float16's half ulp at 1.0")
 claim(round(CONFIG.steps * CONFIG.batch_size / len(digits.x_train)) == 89, "about 89 epochs")
 
