@@ -38,7 +38,7 @@ import minimp
 from minimp import formats
 from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32
 from minimp.tools import plots
-from minimp.tools.lessons import QUICK, measured, save_figure, show
+from minimp.tools.lessons import claim, save_figure, show
 from minimp.tools.plots import COLORS
 
 # The formats this lesson compares (minimp.formats also has the fp6/fp4 MX elements and
@@ -46,10 +46,10 @@ from minimp.tools.plots import COLORS
 FORMATS = (FLOAT32, FLOAT16, BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2)
 
 SEED = 0  # every random array below
-N_CAST = 20_000 if QUICK else 200_000  # values in the synthetic array cast to each format
+N_CAST = 200_000  # values in the synthetic array cast to each format
 N_ONES = 3000  # length of the float16 running sum of ones: well past where it stalls
 K_VALUES = (64, 128, 256, 512, 1024, 2048, 4096)  # dot-product lengths in the matmul test
-MN = 32 if QUICK else 64  # the test matmul's output is MN x MN; errors are taken over it
+MN = 64  # the test matmul's output is MN x MN; errors are taken over it
 
 rng = np.random.default_rng(SEED)
 
@@ -103,16 +103,26 @@ for value in (1.0, -2.5, 0.1):
             f"relative error {error:.1e}"
         )
 print("decoding the fields gives the stored value every time:", decoded_ok)
-measured(
-    decoded_ok=decoded_ok,
-    bits_one_fp16=formats.bit_string(1.0, FLOAT16),
-    error_of_tenth=error_of_tenth,
-    fraction_bits={fmt.name: fmt.mantissa_bits for fmt in FORMATS},
-)
 
 # %% [markdown]
-# The fewer fraction bits a format has, the larger its error on 0.1: from parts per
+# Decoding the fields gives the stored value every time (the `True` printed above);
+# float16 stores 1.0 as `0 01111 0000000000`. The fewer fraction bits a format has, the
+# larger its error on 0.1 (the relative errors printed for x = 0.1): from parts per
 # hundred million in float32 to percents in the fp8 formats.
+
+# %%
+claim(decoded_ok, "decoding the fields gives the stored value every time")
+claim(
+    formats.bit_string(1.0, FLOAT16) == "0 01111 0000000000", "float16 stores 1.0 as 0 01111 0..."
+)
+by_bits = sorted(FORMATS, key=lambda fmt: -fmt.mantissa_bits)
+tenth = [error_of_tenth[fmt.name] for fmt in by_bits]
+claim(tenth == sorted(tenth), "the fewer fraction bits, the larger the error on 0.1", errors=tenth)
+claim(
+    tenth[0] < 1e-7 and tenth[-1] > 0.01,
+    "from parts per hundred million in float32 to percents in fp8",
+    errors=tenth,
+)
 
 # %% [markdown]
 # ## 2. Range and precision
@@ -128,6 +138,9 @@ measured(
 # place"). Between two powers of two, in a *binade* [2^k, 2^(k+1)), a format holds 2^m
 # equally spaced numbers, so there ulp = eps × 2^k: the gap grows with the number,
 # and the *relative* gap stays between eps/2 and eps.
+#
+# **Predict** before you run the cell: float16 and bfloat16 both have 16 bits. Which
+# one spans more decades of magnitude, and which one has more decimal digits?
 
 # %%
 print(
@@ -153,21 +166,25 @@ print(
     f"min subnormal = 2^{math.log2(FLOAT16.min_subnormal):.0f}, "
     f"eps = 2^{math.log2(FLOAT16.eps):.0f}"
 )
-measured(
-    fp16_max=FLOAT16.max,
-    fp16_max_from_bits=fp16_max_from_bits,
-    fp16_decades=decades["float16"],
-    fp32_decades=decades["float32"],
-    bf16_decades=decades["bfloat16"],
-    fp16_digits=digits["float16"],
-    bf16_digits=digits["bfloat16"],
-)
 
 # %% [markdown]
-# float16 keeps about three decimal digits but spans only about twelve decades of
-# magnitude, against float32's eighty-odd. bfloat16 makes the other trade: it keeps
+# float16's max, 65504, is what its fields give. float16 keeps about three decimal
+# digits but spans only about twelve decades of magnitude (the `digits` and `decades`
+# columns), against float32's eighty-odd. bfloat16 makes the other trade: it keeps
 # float32's 8 exponent bits, and so nearly all of its range, and pays with fraction
 # bits (eps = 2^-7, about two digits). The fp8 formats have very little of either.
+
+# %%
+claim(FLOAT16.max == fp16_max_from_bits == 65504, "float16's max is 65504, from its fields")
+claim(round(decades["float16"]) == 12, "float16 spans about twelve decades", decades=decades)
+claim(80 < decades["float32"] < 90, "float32 spans eighty-odd decades", decades=decades)
+claim(
+    decades["float32"] - 5 < decades["bfloat16"] < decades["float32"],
+    "bfloat16 keeps nearly all of float32's range",
+    decades=decades,
+)
+claim(round(digits["float16"]) == 3 and round(digits["bfloat16"]) == 2, "3 and 2 digits", d=digits)
+claim(BFLOAT16.eps == 2.0**-7, "bfloat16's eps is 2^-7")
 #
 # The number line shows where each format can hold a value (figure `number_line`):
 
@@ -188,12 +205,16 @@ for x in (2.0**-14, 0.001, 1.0, 3.0, 1000.0, 2048.0, 60000.0):
     k = math.floor(math.log2(x))
     ulps[x] = ulp
     print(f"{x:>11.6g} {ulp:>10.3g} {FLOAT16.eps * 2.0**k:>10.3g}")
-measured(ulp_1_fp16=ulps[1.0], ulp_2048_fp16=ulps[2048.0], ulp_60000_fp16=ulps[60000.0])
 
 # %% [markdown]
 # Near 1 neighbouring float16 numbers are eps apart; from 2048 on they are 2 apart, so
 # float16 cannot hold odd integers there; near its max they are 32 apart. Keep the
 # 2048 in mind for section 6.
+
+# %%
+claim(ulps[1.0] == FLOAT16.eps, "near 1 neighbouring float16 numbers are eps apart")
+claim(ulps[2048.0] == 2.0, "from 2048 on they are 2 apart", ulp=ulps[2048.0])
+claim(ulps[60000.0] == 32.0, "near its max they are 32 apart", ulp=ulps[60000.0])
 
 # %% [markdown]
 # ## 3. Subnormals: the bottom of the range
@@ -220,15 +241,19 @@ for x in (FLOAT16.min_normal, FLOAT16.min_normal / 2, 3 * tiny, tiny):
     gap = float(np.spacing(np.float16(x))) / x
     print(f"{x:>22.6g} {formats.bit_string(x, FLOAT16):>18} {significant:>17} {gap:>13.3g}")
 print("the subnormal formula decodes every subnormal above:", subnormal_ok)
-measured(
-    subnormal_ok=subnormal_ok,
-    min_subnormal_bits=formats.bit_string(tiny, FLOAT16),
-    min_normal_bits=formats.bit_string(FLOAT16.min_normal, FLOAT16),
-)
 
 # %% [markdown]
-# The smallest normal number has 11 significant bits and a relative gap of eps; the
-# smallest subnormal has a single significant bit, and the next number is twice it.
+# The subnormal formula decodes every subnormal above (`True`). The smallest normal
+# number, `0 00001 0000000000`, has 11 significant bits and a relative gap of eps; the
+# smallest subnormal, `0 00000 0000000001`, has a single significant bit, and the next
+# number is twice it.
+
+# %%
+claim(subnormal_ok, "the subnormal formula decodes every subnormal above")
+claim(formats.bit_string(FLOAT16.min_normal, FLOAT16) == "0 00001 0000000000", "min normal bits")
+claim(formats.bit_string(tiny, FLOAT16) == "0 00000 0000000001", "min subnormal bits")
+claim(float(np.spacing(np.float16(FLOAT16.min_normal))) / FLOAT16.min_normal == FLOAT16.eps, "eps")
+claim(float(np.spacing(np.float16(tiny))) == tiny, "the next number above 2^-24 is twice it")
 #
 # Anything smaller than *half* of `min_subnormal` has no float16 neighbour closer than
 # 0, and the cast returns 0. We call a nonzero value whose cast is 0 **flushed to
@@ -267,16 +292,6 @@ with np.errstate(over="ignore"):  # 65520 -> inf is the point, not an accident
         rounded[label] = result
         print(f"{label:32} -> {fmt.name:9} {result!r:24} {formats.bit_string(value, fmt)}")
 print("minimp's rounding and the library casts agree:", agrees)
-measured(
-    round_agrees=agrees,
-    round_2m25=rounded["2^-25 (half of min subnormal)"],
-    round_1p5_2m25=rounded["1.5 x 2^-25"],
-    round_65519=rounded["65519"],
-    overflow_65520=math.isinf(rounded["65520"]),
-    round_2049=rounded["2048 + 1"],
-    round_2051=rounded["2048 + 3"],
-    round_bf16_1p2m8=rounded["1 + 2^-8"],
-)
 
 # %% [markdown]
 # What happened:
@@ -294,6 +309,18 @@ measured(
 #   2052, rounds *up* to 2052: ties do not always round down, they balance out.
 # - In bfloat16, with 7 fraction bits, **1 + 2^-8** is half of eps above 1: a tie,
 #   back to 1.
+#
+# And minimp's rounding agrees with the library casts on every case (`True` above).
+
+# %%
+claim(agrees, "minimp's rounding and the library casts agree")
+claim(rounded["2^-25 (half of min subnormal)"] == 0.0, "2^-25 rounds to 0")
+claim(rounded["1.5 x 2^-25"] == FLOAT16.min_subnormal == 2.0**-24, "1.5 x 2^-25 survives as 2^-24")
+claim(rounded["65519"] == FLOAT16.max, "65519 rounds down to 65504")
+claim(math.isinf(rounded["65520"]), "65520 overflows to inf")
+claim(rounded["2048 + 1"] == 2048.0, "2049 becomes 2048")
+claim(rounded["2048 + 3"] == 2052.0, "2051 rounds up to 2052")
+claim(rounded["1 + 2^-8"] == 1.0, "in bfloat16 1 + 2^-8 goes back to 1")
 
 # %% [markdown]
 # ## 5. What a cast does to an array
@@ -308,6 +335,10 @@ measured(
 # The array is synthetic: magnitudes spread evenly on a log scale from 2^-40 to 2^20,
 # with random signs, a stand-in for the wide spread of gradient magnitudes that
 # lesson 2 measures on a real network.
+#
+# **Predict**: the array spans 60 binades, from 2^-40 to 2^20. Roughly what share of it
+# will float16 flush to zero, and what share will bfloat16 flush? (Hint: count binades
+# on the number line.)
 
 # %%
 LOW, HIGH = -40, 20  # log2 of the smallest and largest magnitudes in the array
@@ -334,7 +365,6 @@ for name, widths in band_width.items():
 with np.errstate(invalid="ignore"):
     e4m3_500 = float(formats.round_to(500.0, FLOAT8_E4M3FN))
 print(f"\nfloat8_e4m3fn has no inf: 500 becomes {e4m3_500}")
-measured(cast=cast, band_width=band_width, e4m3_500_is_nan=math.isnan(e4m3_500))
 
 # %% [markdown]
 # float16 loses values at both ends: the smallest are flushed to zero, the largest
@@ -346,6 +376,32 @@ measured(cast=cast, band_width=band_width, e4m3_500_is_nan=math.isnan(e4m3_500))
 # prediction printed under the table): where real values sit relative to those bands
 # is what loss scaling is about.
 
+# %%
+fp16_cast, bf16_cast = cast["float16"], cast["bfloat16"]
+claim(
+    fp16_cast["flushed_to_zero"] > 0.1 and fp16_cast["overflow"] > 0.01,
+    "float16 loses values at both ends",
+    cast=fp16_cast,
+)
+claim(fp16_cast["subnormal"] > 0.05, "a band survives only as subnormals", cast=fp16_cast)
+claim(bf16_cast["normal"] == 1.0, "bfloat16 keeps every one of these values", cast=bf16_cast)
+claim(
+    max(cast, key=lambda f: cast[f]["flushed_to_zero"]) == "float8_e4m3fn",
+    "fp8 e4m3fn loses the most at the bottom",
+    cast=cast,
+)
+claim(math.isnan(e4m3_500), "what overflows e4m3fn becomes NaN, not inf", value=e4m3_500)
+for name, widths in band_width.items():
+    for category, share in widths.items():
+        claim(
+            abs(cast[name][category] - share) < 0.02,
+            "the shares are the widths of each format's bands",
+            format=name,
+            category=category,
+            measured=cast[name][category],
+            predicted=share,
+        )
+
 # %% [markdown]
 # ## 6. Why sums accumulate in float32
 #
@@ -355,6 +411,9 @@ measured(cast=cast, band_width=band_width, e4m3_500_is_nan=math.isnan(e4m3_500))
 # ourselves (Python over `np.float16` scalars, and `np.cumsum` with a float16
 # accumulator); NumPy's own `np.sum` of a float16 array does not keep its running
 # total in float16.
+#
+# **Predict**: where does a float16 running sum of 3000 ones stop? (Section 2 told you
+# where float16's ulp becomes 2.)
 
 # %%
 total = np.float16(0)
@@ -372,19 +431,16 @@ print(f"np.sum (not a float16 total):    {numpy_sum:g}")
 one_past = float(np.float16(2048) + np.float16(1))
 print(f"2 / eps(float16) = {stall_fp16:g}; 2048 + 1 in float16 = {one_past:g}")
 print(f"float32 stalls too, at 2 / eps(float32) = {stall_fp32:g}: {bool(fp32_stalls)}")
-measured(
-    fp16_running_sum=float(total),
-    fp16_cumsum=cumsum_total,
-    numpy_sum=numpy_sum,
-    stall_fp16=stall_fp16,
-    stall_fp32=stall_fp32,
-    fp32_stalls=bool(fp32_stalls),
-)
 
 # %% [markdown]
-# The float16 sum stops at 2048 = 2/eps, far short of the true total, and no number
-# of further additions moves it. float32 has the same wall, but at 2^24, about
-# sixteen million.
+# The float16 sum stops at 2048 = 2/eps (both float16 totals printed above), far short
+# of the true total, and no number of further additions moves it. float32 has the same
+# wall, but at 2^24, about sixteen million.
+
+# %%
+claim(float(total) == cumsum_total == stall_fp16 == 2048.0, "the float16 sum stops at 2048")
+claim(numpy_sum == N_ONES, "np.sum does not keep a float16 total", numpy_sum=numpy_sum)
+claim(stall_fp32 == 2.0**24 and bool(fp32_stalls), "float32 has the same wall at 2^24")
 #
 # A dot product of length K is a sum of K products, so a matrix multiply hits the same
 # problem in a milder form: every addition to a float16 running sum rounds, and the
@@ -409,6 +465,9 @@ measured(
 #   output can be.
 #
 # The error is the relative error of the whole output, ‖C - C_exact‖ / ‖C_exact‖.
+#
+# **Predict**: as K grows 64-fold, from 64 to 4096, how much larger will each error
+# get: not at all, 8 times (like the square root of K), or 64 times (like K)?
 
 
 # %%
@@ -457,23 +516,29 @@ print(
     f"K={K_VALUES[0]} to {fp16_over_fp32[-1]:.0f}x at K={K_VALUES[-1]}"
 )
 print(f"(a) is never more than {fp32_over_best:.6f} x the best float16 answer")
-measured(
-    fp16_over_fp32_acc=fp16_over_fp32,
-    k_values=list(K_VALUES),
-    acc_errors=errors,
-    fp16_acc_slope=fp16_slope,
-    fp32_acc_over_best=fp32_over_best,
-)
 
 # %% [markdown]
 # With float32 accumulation, the error stays flat at float16's own rounding level, as
-# small as rounding the exact answer: the accumulation adds nothing measurable, and
-# the only loss is storing the result in float16. With float16 accumulation the error
-# is several times larger already at the shortest K here and keeps growing, roughly
-# like the square root of K (the rounding errors are random and partly cancel). That
+# small as rounding the exact answer (the printed ratio to the best float16 answer):
+# the accumulation adds nothing measurable, and the only loss is storing the result in
+# float16. With float16 accumulation the error is several times larger already at the
+# shortest K here (the printed (b)/(a)) and keeps growing, roughly like the square root
+# of K (the printed exponent; the rounding errors are random and partly cancel). That
 # is why the paper (sec. 3.3) accumulates dot products in float32, and runs large
 # reductions, such as batch-norm statistics and softmax, in float32 too;
 # `minimp.functional`'s sums, means, softmax and losses do the same.
+
+# %%
+claim(fp32_over_best < 1.01, "as small as rounding the exact answer", ratio=fp32_over_best)
+claim(
+    max(errors["fp32_acc"]) / min(errors["fp32_acc"]) < 1.25,
+    "float32 accumulation's error stays flat",
+    errors=errors["fp32_acc"],
+)
+claim(all(e < 2 * FLOAT16.eps for e in errors["fp32_acc"]), "at float16's own rounding level")
+claim(fp16_over_fp32[0] > 3, "several times larger already at the shortest K", r=fp16_over_fp32)
+claim(errors["fp16_acc"] == sorted(errors["fp16_acc"]), "and keeps growing", e=errors["fp16_acc"])
+claim(0.35 < fp16_slope < 0.65, "roughly like the square root of K", slope=fp16_slope)
 
 # %%
 fig = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -527,3 +592,16 @@ print(
     f"matmul error at K={K_VALUES[-1]}: fp32 accumulation {errors['fp32_acc'][-1]:.2e}, "
     f"fp16 accumulation {errors['fp16_acc'][-1]:.2e}"
 )
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. In section 4, add the case `("2^-24 x 1.5", 1.5 * 2.0**-24, FLOAT16)`. It is
+#    halfway between 2^-24 and 2 × 2^-24: predict which neighbour the tie goes to
+#    (look at the last fraction bit of each), then rerun the cell.
+# 2. Set `LOW, HIGH = -30, 10` in section 5 and predict float16's flushed and overflow
+#    shares from the number line before you rerun; the cell prints the prediction from
+#    the band widths beside the measurement.
+# 3. In section 6, replace the ones by `np.float16(0.1)`: predict where the float16
+#    running sum of 0.1s stalls (hint: the sum stops when 0.1 is at most half an ulp of
+#    it), then rerun and compare with `np.sum`.

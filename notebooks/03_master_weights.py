@@ -30,7 +30,6 @@
 
 # %%
 import math
-from dataclasses import replace
 
 import numpy as np
 
@@ -43,7 +42,7 @@ from minimp import formats, nn, optim
 from minimp.amp import MasterWeights
 from minimp.formats import FLOAT16, FLOAT32
 from minimp.tools import plots
-from minimp.tools.lessons import QUICK, measured, save_figure, show
+from minimp.tools.lessons import claim, save_figure, show
 
 K_SWEEP = range(6, 15)  # updates u = 2^-k tried on the weight w = 1.0
 WEIGHTS = (0.01, 0.1, 0.3, 0.7, 1.0, 3.0, 10.0, 100.0, 1000.0)  # weights whose threshold we find
@@ -51,8 +50,6 @@ UPDATE = 1e-4  # the small update of section 3 (the one the master_weights figur
 N_UPDATES = 2000  # how many times it is applied (the figure draws every one)
 REGIMES = ("fp32", "fp16", "mixed-dynamic")  # the runs compared in sections 4-6
 CONFIG = minimp.train.TrainConfig()  # the digits MLP of the README: SGD + momentum, 2000 steps
-if QUICK:
-    CONFIG = replace(CONFIG, steps=1000)  # enough for pure fp16 to lose most of its updates
 WINDOW = 100  # "early" and "late" mean the first and the last WINDOW steps of a run
 
 
@@ -71,6 +68,9 @@ def f16(value: float) -> minimp.Tensor:
 #
 # Take `w = 1.0` and updates `u = 2^-k` for a range of `k`. The addition is minimp's
 # float16 `+`, which gives the IEEE float16 result.
+#
+# **Predict**: float16 has 10 fraction bits. What is the largest 2^-k that `1.0 + 2^-k`
+# loses?
 
 # %%
 one = np.float16(1.0)
@@ -95,15 +95,17 @@ print(
     f"\nlargest update lost: 2^-{largest_lost_k}; every smaller one is lost too:",
     all(lost_at[k] for k in K_SWEEP if k >= largest_lost_k),
 )
-measured(
-    gap_above_one=above - 1,
-    gap_below_one=1 - below,
-    lost_at_one=lost_at,
-    largest_lost_k=largest_lost_k,
-)
 
 # %% [markdown]
-# Every update from 2^-11 down is lost; 2^-10 (one full ulp) is taken. Look at
+# The gap above 1.0 is 2^-10 and the gap below 2^-11 (printed). Every update from
+# 2^-11 down is lost; 2^-10 (one full ulp) is taken.
+
+# %%
+claim(above - 1 == FLOAT16.eps == 2.0**-10 and 1 - below == 2.0**-11, "gaps 2^-10 and 2^-11")
+claim(all(lost == (k >= 11) for k, lost in lost_at.items()), "lost from 2^-11 down", lost=lost_at)
+
+# %% [markdown]
+# Look at
 # 2^-11 itself: it is exactly half an ulp, so `1 + 2^-11` lies exactly halfway between
 # 1.0 and the next float16 number up. That is a tie, and ties go to the neighbour
 # whose last fraction bit is 0. The cell shows both neighbours' bits, and an update
@@ -126,7 +128,6 @@ fp32_lost_k = min(k for k in range(6, 30) if (w32 + minimp.tensor([2.0**-k])).it
 down_lost_k = min(k for k in K_SWEEP if (w - f16(2.0**-k)).item() == 1.0)
 print(f"\nfloat32: the largest update of 1.0 that is lost is 2^-{fp32_lost_k}")
 print(f"float16, downwards: the largest lost decrement of 1.0 is 2^-{down_lost_k}")
-measured(tie_result=tie, past_tie_result=past_tie, fp32_lost_k=fp32_lost_k, down_lost_k=down_lost_k)
 
 # %% [markdown]
 # So for `w = 1.0` the line is exactly half an ulp, 2^-11 of the weight, and an update
@@ -134,6 +135,11 @@ measured(tie_result=tie, past_tie_result=past_tie, fp32_lost_k=fp32_lost_k, down
 # down, at 2^-24 of the weight: that is why a float32 master can take the updates a
 # float16 weight cannot. (Going down from 1.0 the line is half as far, because the
 # float16 numbers just below 1.0 are twice as dense.)
+
+# %%
+claim(tie == 1.0 and past_tie == 1.0 + 2.0**-10, "the tie rounds back to 1.0, just past it up")
+claim(fp32_lost_k == 24, "float32's line is at 2^-24 of the weight", k=fp32_lost_k)
+claim(down_lost_k == 12, "going down the line is half as far", k=down_lost_k)
 
 # %% [markdown]
 # ## 2. The threshold scales with the weight
@@ -171,18 +177,17 @@ for value in WEIGHTS:
 print(f"\nbelow half an ulp lost, above it taken, for every weight: {rule_holds}")
 print(f"the exact tie is lost exactly when w's last bit is 0: {tie_to_even}")
 print(f"ulp/2 ÷ |w| ranges from 2^{math.log2(min(ratios)):.2f} to 2^{math.log2(max(ratios)):.2f}")
-measured(
-    threshold_rule_holds=rule_holds,
-    tie_to_even=tie_to_even,
-    threshold_ratio_min=min(ratios),
-    threshold_ratio_max=max(ratios),
-)
 
 # %% [markdown]
 # The threshold is always half an ulp, and relative to the weight it stays between
 # 2^-12 and 2^-11, whatever the weight's size: what decides is the update *relative
 # to the weight*. A weight of 1000 ignores updates that would move a weight of 0.01
 # by many ulps.
+
+# %%
+claim(rule_holds, "below half an ulp lost, above it taken, for every weight")
+claim(tie_to_even, "the exact tie is lost exactly when w's last bit is 0")
+claim(2.0**-12 < min(ratios) and max(ratios) == 2.0**-11, "between 2^-12 and 2^-11", r=ratios)
 
 # %% [markdown]
 # ## 3. Many small updates: a float16 weight and its float32 master
@@ -200,6 +205,8 @@ measured(
 #
 # The gradient is -1 every step, so SGD with learning rate `UPDATE` adds `UPDATE` to
 # the weight each time.
+#
+# **Predict**: after 2000 updates of 1e-4, where does each weight end?
 
 # %%
 pure = nn.Linear(1, 1, bias=False, dtype=minimp.float16)
@@ -242,16 +249,6 @@ print(f"  float16 copy of master:  {trace['float16_copy'][-1]!r}")
 print(f"the copy moved {copy_moves} times, each time by one ulp (2^-10): {stairs_one_ulp}")
 print(f"it was never more than {copy_gap / 2.0**-11:.2f} half-ulps (2^-11) from the master")
 print("MasterWeights.distance(), the same gap per parameter now:", masters.distance())
-measured(
-    update_over_half_ulp=UPDATE / 2.0**-11,
-    pure_final=trace["float16"][-1],
-    master_final=trace["master"][-1],
-    exact_final=exact,
-    master_error_in_updates=abs(trace["master"][-1] - exact) / UPDATE,
-    copy_moves=copy_moves,
-    stairs_one_ulp=stairs_one_ulp,
-    copy_gap_in_half_ulps=copy_gap / 2.0**-11,
-)
 
 # %% [markdown]
 # The pure float16 weight never moves from 1.0: each update is a fraction of its half
@@ -260,6 +257,13 @@ measured(
 # exact value. Its float16 copy climbs in one-ulp stairs: each time the master has
 # moved another ulp, the rounding flips. The network always sees a float16 weight
 # at most half an ulp from the master, the best float16 can do.
+
+# %%
+claim(UPDATE < 2.0**-11 and trace["float16"][-1] == 1.0, "the pure float16 weight never moves")
+master_error = abs(trace["master"][-1] - exact) / UPDATE
+claim(master_error < 1, "the master ends within a fraction of one update", error=master_error)
+claim(stairs_one_ulp and copy_moves > 100, "the copy climbs in one-ulp stairs", moves=copy_moves)
+claim(copy_gap <= 2.0**-11, "at most half an ulp from the master", gap=copy_gap)
 
 # %% [markdown]
 # ## 4. Lost updates in a real run
@@ -278,6 +282,9 @@ measured(
 # was nonzero, the share that the step left unchanged, because the update rounded
 # away. It is measured on what the optimizer updates: the float32 weights in `fp32`,
 # the float16 weights in `fp16`, the float32 masters in `mixed-dynamic`.
+#
+# **Predict**: which share of its updates will pure float16 lose in the last 100 steps,
+# and will it be more or less than in the first 100?
 
 # %%
 digits = minimp.data.load_digits()
@@ -296,7 +303,6 @@ for name, h in history.items():
         f"{name:14} {lost_early[name]:>11.1%} {lost_late[name]:>10.1%} "
         f"{loss_early[name]:>11.4f} {loss_late[name]:>10.4f}"
     )
-measured(lost_early=lost_early, lost_late=lost_late, loss_early=loss_early, loss_late=loss_late)
 
 # %% [markdown]
 # Pure float16 loses a share of its updates from the start, and most of them late in
@@ -306,6 +312,13 @@ measured(lost_early=lost_early, lost_late=lost_late, loss_early=loss_early, loss
 # updates. More and more of them drop below half an ulp of their weight. With float32
 # masters almost every update is taken. Even float32 loses a few: the same rule applies
 # to it at 2^-24 of the weight, and a handful of updates are that small.
+
+# %%
+claim(lost_late["fp16"] > 0.5, "pure float16 loses most of its updates late", v=lost_late)
+claim(lost_early["fp16"] > 0.05 and lost_late["fp16"] > lost_early["fp16"], "from the start")
+claim(loss_late["fp32"] < loss_early["fp32"] / 10, "the loss falls", late=loss_late["fp32"])
+claim(lost_late["mixed-dynamic"] < 0.05, "with masters almost every update is taken")
+claim(0 < lost_late["fp32"] < 0.05, "even float32 loses a few", v=lost_late["fp32"])
 
 # %% [markdown]
 # The figure puts both halves of the story side by side (figure `master_weights`):
@@ -326,6 +339,19 @@ save_figure(fig, "master_weights")
 show(fig)
 
 # %% [markdown]
+# The fp16 line on the right starts high and dips before it climbs. That is SGD's
+# momentum, not noise: the momentum buffer starts empty, so the first updates are
+# lr × g, while after a few dozen steps they are up to 1 / (1 - momentum) = 10 times
+# larger (the buffer sums the recent gradients). The first updates are the smallest of
+# the early run, and more of them fall below half an ulp (the two shares below).
+
+# %%
+fp16_lost = np.array(history["fp16"].lost_updates)
+first_steps, filled = float(np.nanmean(fp16_lost[:3])), float(np.nanmean(fp16_lost[20:50]))
+print(f"fp16 lost updates: {first_steps:.1%} over steps 1-3, {filled:.1%} over steps 21-50")
+claim(first_steps > 2 * filled, "the first updates lose more", first=first_steps, filled=filled)
+
+# %% [markdown]
 # ## 5. What pure float16 costs
 #
 # The final training loss is the mean of the last 100 batch losses (as in the README's
@@ -344,12 +370,6 @@ for name in REGIMES:
 accuracy_spread = max(r["accuracy_mean"] for r in summary.values()) - min(
     r["accuracy_mean"] for r in summary.values()
 )
-measured(
-    loss_ratio_fp16=ratios_to_fp32["fp16"],
-    loss_ratio_mixed=ratios_to_fp32["mixed-dynamic"],
-    accuracy={name: summary[name]["accuracy_mean"] for name in REGIMES},
-    accuracy_spread=accuracy_spread,
-)
 
 # %% [markdown]
 # Pure float16 ends with a higher training loss than float32: with most of its updates
@@ -359,6 +379,12 @@ measured(
 # Mandarin speech model, updating float16 weights directly cost 80% relative accuracy,
 # while a float32 master copy matched the float32 baseline (sec. 3.1). That is the
 # paper's number, not one measured here.
+
+# %%
+claim(ratios_to_fp32["fp16"] > 1.05, "pure float16 ends with a higher training loss")
+mixed_gap = abs(ratios_to_fp32["mixed-dynamic"] - 1)
+claim(mixed_gap < 0.05, "the masters close the gap almost entirely", gap=mixed_gap)
+claim(accuracy_spread <= 0.01, "test accuracy does not tell them apart", spread=accuracy_spread)
 
 # %% [markdown]
 # ## 6. What the master copy costs
@@ -385,13 +411,6 @@ print(f"\nweights (model + masters), mixed ÷ fp32: {weights_ratio:.2f}")
 print(f"activations, mixed ÷ fp32: {activation_ratio:.2f}")
 print(f"activations' share of fp32's total: {activation_share:.0%}")
 print(f"total, mixed ÷ fp32: {total_ratio:.2f}")
-measured(
-    memory=memory,
-    weights_ratio=weights_ratio,
-    activation_ratio=activation_ratio,
-    activation_share_fp32=activation_share,
-    total_ratio=total_ratio,
-)
 
 # %% [markdown]
 # Each weight now lives twice: 2 bytes in the float16 model and 4 in the float32
@@ -401,7 +420,90 @@ measured(
 # activations dominate, so the paper reports that total training memory roughly
 # halves. This MLP is tiny and its activations are a small part of the total, so here
 # the masters (and the float32 gradients they carry) outweigh the savings, and mixed
-# precision takes more memory than float32, not less.
+# precision takes more memory than float32, not less. (These are stored bytes:
+# `memory_report` adds up the arrays a step keeps; lesson 6 sets them beside a
+# measured peak.)
+
+# %%
+claim(weights_ratio == 1.5, "each weight lives twice: 1.5 times float32's bytes")
+claim(0.4 < activation_ratio < 0.6, "float16 activations are about half", r=activation_ratio)
+claim(activation_share < 0.5, "activations are a small part of the total", s=activation_share)
+claim(total_ratio > 1, "mixed precision takes more memory here", r=total_ratio)
+
+# %% [markdown]
+# ## 7. Does this generalise? Adam
+#
+# Section 4's explanation is SGD's: the update is lr × gradient, so it shrinks with the
+# gradient, and more of it drops below half an ulp as the loss falls. Adam divides the
+# gradient by the root of its running second moment, so its step is about lr *whatever
+# the gradient's size*: it does not shrink as the network learns.
+#
+# We take one float16 weight of 1.0 with its float32 master again (section 3) and feed
+# it the same gradient for `ADAM_STEPS` steps, once per gradient size in `GRADIENTS`,
+# from 1e-1 down to 1e-7 (the sizes a falling loss passes through). Once with SGD (lr
+# `SGD_LR`, no momentum), once with Adam (lr `ADAM_LR`), each updating the master; at
+# every step we ask whether the master's update would have been lost on a float16
+# weight: below half the ulp of its float16 copy.
+#
+# **Predict**: for which gradient sizes does each optimizer's update fall below half
+# an ulp?
+
+# %%
+SGD_LR, ADAM_LR = 0.05, 1e-3  # the README's SGD lr, and Adam's usual one
+GRADIENTS = (1e-1, 1e-3, 1e-5, 1e-7)
+ADAM_STEPS = 200
+
+
+def share_lost(make_optimizer, g: float) -> float:
+    """Of ADAM_STEPS updates by gradient g, the share below half an ulp of the float16 weight."""
+    layer = nn.Linear(1, 1, bias=False, dtype=minimp.float16)
+    layer.weight.data[...] = 1.0
+    keeper = MasterWeights(layer)
+    opt = make_optimizer(keeper.parameters())
+    lost_steps = []
+    for _ in range(ADAM_STEPS):
+        keeper.masters[0].grad = minimp.tensor([[-g]])  # the float32 master's gradient
+        before = keeper.masters[0].item()
+        opt.step()
+        step = abs(keeper.masters[0].item() - before)
+        lost_steps.append(step < float(np.spacing(np.float16(layer.weight.item()))) / 2)
+        keeper.copy_masters_to_model()
+    return float(np.mean(lost_steps))
+
+
+lost_by = {
+    name: {g: share_lost(make, g) for g in GRADIENTS}
+    for name, make in (
+        ("SGD", lambda ps: optim.SGD(ps, lr=SGD_LR)),
+        ("Adam", lambda ps: optim.Adam(ps, lr=ADAM_LR)),
+    )
+}
+print(f"{'gradient':>9}" + "".join(f"{g:>9g}" for g in GRADIENTS))
+for name, row in lost_by.items():
+    print(f"{name + ' lost':>9}" + "".join(f"{v:>9.0%}" for v in row.values()))
+
+# %% [markdown]
+# With SGD the update is lr × gradient: from the second size down a float16 weight
+# would lose every update (the table above). Adam divides the gradient by the root of
+# its running square, so its step is about lr, 1e-3, twice float16's half ulp at 1.0,
+# whatever the gradient's size: it loses none of them, even at 1e-7. So "lost updates
+# grow as the gradients shrink" is a fact about SGD. With Adam a float16 weight loses
+# updates when lr itself is below half an ulp of the weight (exercise 3), and pure
+# float16 Adam has other troubles: its moments and its eps (1e-8 is 0 in float16) live
+# in float16 too, which is why minimp's `fp16` regime is trained with SGD.
+#
+# The paper's own figure, 80% relative accuracy lost by updating float16 weights on a
+# speech model (sec. 3.1), is far worse than the cost measured in section 5: our MLP
+# has 26k weights on 1,438 images and trains about 89 epochs, all but memorising them,
+# so losing most late updates costs training loss but not test accuracy.
+
+# %%
+claim(lost_by["SGD"][1e-1] == 0, "SGD takes the largest gradient's updates")
+claim(all(lost_by["SGD"][g] == 1 for g in GRADIENTS[1:]), "SGD loses every smaller one")
+claim(all(v == 0 for v in lost_by["Adam"].values()), "Adam loses none", lost=lost_by["Adam"])
+claim(float(np.float16(1e-8)) == 0.0, "Adam's eps, 1e-8, is 0 in float16")
+claim(ADAM_LR > 2.0**-11, "Adam's lr is above float16's half ulp at 1.0")
+claim(round(CONFIG.steps * CONFIG.batch_size / len(digits.x_train)) == 89, "about 89 epochs")
 
 # %% [markdown]
 # ## What we measured
@@ -414,6 +516,8 @@ measured(
 #   with a higher training loss; float32 masters take nearly all of them and match
 #   float32.
 # - The master copy makes weight memory 1.5 times float32's.
+# - With Adam, whose step stays about lr however small the gradient, a float16 weight
+#   loses none of the updates SGD loses: the lost-update story is SGD's.
 
 # %%
 print(
@@ -433,3 +537,15 @@ print(
     f"mixed {ratios_to_fp32['mixed-dynamic']:.2f}"
 )
 print(f"weight memory ÷ fp32: {weights_ratio:.2f}; total memory ÷ fp32: {total_ratio:.2f}")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. In section 3, set `UPDATE = 3e-4` (more than half an ulp of 1.0): predict where the
+#    pure float16 weight ends after 2000 updates, then rerun. (Hint: each update rounds
+#    to a whole ulp, 2^-10, until the weight reaches 2.0.)
+# 2. In section 2, add the weight 2048.0 to `WEIGHTS`: predict its ulp and the smallest
+#    update it takes.
+# 3. In section 7, set `ADAM_LR = 2e-4` (below 2^-11, half an ulp of 1.0): predict
+#    which share of Adam's updates a float16 weight loses now, for every gradient size,
+#    and why Adam's lr, not its gradient, decides.

@@ -342,3 +342,47 @@ def test_transformer_regimes_marks_a_run_that_became_nan_and_the_two_flush_lines
     assert labels == ["fp32", "fp16 (NaN from step 20)"]
     assert [line.get_xdata()[0] for line in ax_hist.lines] == [-24, -41]
     saves(fig, tmp_path)
+
+
+def test_autocast_overview_marks_where_float16_exp_overflows(tmp_path):
+    logits = np.array([-3.0, 0.0, 5.0, 12.0, 20.0])  # two of five beyond ln(65504)
+    memory = {
+        "amp": {"parameters": 4096, "master weights": 0, "gradients": 4096, "activations": 1024},
+        "mixed-dynamic": {"parameters": 2048, "master weights": 4096, "gradients": 6144},
+    }
+    fig = plots.autocast_overview(logits, memory)
+    left, right = fig.axes
+    assert plots.EXP_OVERFLOW == pytest.approx(np.log(65504))
+    assert [line.get_xdata()[0] for line in left.lines] == [plots.EXP_OVERFLOW]
+    drawn = texts(fig)
+    assert any("40.0% of the logits" in t for t in drawn)
+    assert [t.get_text() for t in right.get_xticklabels()] == list(memory)
+    assert "9 KiB" in drawn and "12 KiB" in drawn  # the stored totals on top of the bars
+    saves(fig, tmp_path)
+
+
+def test_underflow_histogram_flushes_only_below_half_the_smallest_subnormal():
+    """IEEE: values in [2^-25, 2^-24) round up to 2^-24 (2^-25 itself is a tie, to 0), so
+    the flush line is at 2^-25, and the region called flushed ends there."""
+    values = np.float32([2.0**-24.5, 2.0**-30, 1e-3])  # the first rounds up to 2^-24
+    fig = plots.underflow_histogram(values, "float16")
+    ax = fig.axes[0]
+    lines = {
+        round(float(line.get_xdata()[0]), 6) for line in ax.lines if len(line.get_xdata()) == 2
+    }
+    assert -25.0 in lines  # the flush line
+    (flushed,) = [t for t in ax.texts if t.get_text().startswith("flushed")]
+    assert flushed.get_position()[0] < -25
+    assert "33.3% flushed to zero" in " ".join(texts(fig))  # only 2^-30 of the three
+
+
+def test_loss_scale_trace_shows_a_run_that_skips_every_step_above_its_crosses():
+    """A static scale that overflows on every step: its line must not hide under the
+    crosses of its skipped steps (lesson 4's 04_overflow figure)."""
+    n = 40
+    static = {"step": np.arange(n), "scale": np.full(n, 2.0**40), "skipped": np.ones(n, bool)}
+    fig = plots.loss_scale_trace({"static": static})
+    ax = fig.axes[0]
+    (line,) = [x for x in ax.lines if x.get_label().startswith("static")]
+    (crosses,) = [x for x in ax.lines if x.get_marker() == "x"]
+    assert line.get_zorder() > crosses.get_zorder()

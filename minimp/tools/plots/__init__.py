@@ -12,6 +12,7 @@ its colours and line styles from :mod:`~minimp.tools.plots.palette`. The names a
 gathered here so a lesson writes ``plots.number_line(...)``.
 """
 
+from minimp.tools.plots.autocast import EXP_OVERFLOW, autocast_overview
 from minimp.tools.plots.blocks import accumulation_error, outlier_blocks, spike_scaling
 from minimp.tools.plots.formats import NUMBER_LINE_FORMATS, number_line
 from minimp.tools.plots.gradients import layer_underflow, underflow_histogram
@@ -33,12 +34,14 @@ __all__ = [
     "CATEGORY_COLORS",
     "CATEGORY_ORDER",
     "COLORS",
+    "EXP_OVERFLOW",
     "FP8_ROLE_FORMATS",
     "LINESTYLES",
     "NUMBER_LINE_FORMATS",
     "OKABE_ITO",
     "PURE16_STYLES",
     "accumulation_error",
+    "autocast_overview",
     "found_inf_divergence",
     "fp8_scaling",
     "layer_underflow",

@@ -41,8 +41,10 @@ def underflow_histogram(
 
     The format's range is shaded (subnormals light, normals darker), with lines at
     its smallest subnormal, smallest normal and largest value (2^-24, 2^-14 and
-    65504 for fp16). Whatever lies left of the subnormals is flushed to zero by the
-    cast; multiplying the loss by S shifts every gradient by log2 S to the right,
+    65504 for fp16). Only what lies left of *half* the smallest subnormal (2^-25 for
+    fp16, a dotted line) is flushed to zero by the cast: values in [2^-25, 2^-24)
+    round up to 2^-24 (2^-25 itself is a tie and goes to even, 0). Multiplying the
+    loss by S shifts every gradient by log2 S to the right,
     into the range, at no cost until the right tail passes max and overflows. The
     legend says, for each S, the share of nonzero values flushed to zero and the
     share that overflows, counted by ``formats.count_categories(values * S, fmt)``.
@@ -67,6 +69,8 @@ def underflow_histogram(
     ax.axvspan(norm, top, color=c, alpha=0.18, lw=0)
     for x in (sub, norm, top):
         ax.axvline(x, color=c, lw=1, ls="--")
+    flush = sub - 1  # log2 of half the smallest subnormal: round-to-nearest's 0 boundary
+    ax.axvline(flush, color=c, lw=1, ls=":")
 
     lo = math.floor(min([sub - 6, *(logs.min() + s for s in shifts)] if logs.size else [sub - 6]))
     hi = math.ceil(max([top + 8, *(logs.max() + s for s in shifts)] if logs.size else [top + 8]))
@@ -98,7 +102,7 @@ def underflow_histogram(
     # Region names along the top, where the histogram leaves room (one decade of headroom).
     top_of = blended_transform_factory(ax.transData, ax.transAxes)
     for start, end, name in (
-        (lo, sub, "flushed\nto zero"),
+        (lo, flush, "flushed\nto zero"),
         (sub, norm, "sub-\nnormal"),
         (norm, top, "normal"),
         (top, hi, "over-\nflow"),

@@ -61,15 +61,19 @@ def loss_scale_trace(
             scale,
             where="post",
             color=color_of(name, i) if name else COLORS["dynamic"],
-            lw=2.0,
+            lw=2.5,
             ls=LINESTYLES.get(name, "-"),
+            zorder=3,  # above the crosses, or a run that skips every step hides its line
             label=f"{name + ': ' if name else ''}scale S "
             f"({n_skipped} skipped step{'' if n_skipped == 1 else 's'})",
         )
         drawn.append(scale)
         if n_skipped:
             any_skipped = True
-            ax.plot(step[skipped], scale[skipped], "x", color=COLORS["skipped"], ms=7, mew=1.6)
+            ax.plot(
+                step[skipped], scale[skipped], "x", color=COLORS["skipped"], mew=1.2, zorder=2,
+                ms=3.5 if skipped.mean() > 0.5 else 6,  # small where they would hide the line
+            )  # fmt: skip
     if drawn:
         all_scales = np.concatenate(drawn)
         ax.set_ylim(all_scales.min() / 2, all_scales.max() * 2)
