@@ -12,7 +12,7 @@ arithmetic. torch-identical: the interface, the default trajectory (no floor: th
 keeps halving, below 1 and into float32's subnormals, as torch's), the errors on a second
 unscale_/step and on a step with no inf checks, the float16-only refusal in unscale_, the
 setters and ``update(new_scale)``. minimp's additions, off by default or invisible to a
-torch loop: Megatron-LM's hysteresis, Apex's ``max_scale``, an optional floor
+torch loop: Megatron-LM's hysteresis (lesson 04 shows it), an optional floor
 (``min_scale``) that raises ``LossScaleUnderflowError`` with its explanation, ``step``
 returning whether the optimizer stepped, and the ``history``.
 ``StaticGradScaler`` is the paper's constant scale. Both keep a ``history``, one
@@ -92,9 +92,8 @@ class ScaleRecord:
 class ScalerConfig:
     """The settings of a dynamic loss scale, validated in one place.
 
-    ``hysteresis`` comes from Megatron-LM / DeepSpeed, ``max_scale`` from Apex (which
-    uses 2**24), ``min_scale`` from Megatron-LM / DeepSpeed / jmp (here it raises
-    rather than clamps; None means no floor, as torch).
+    ``hysteresis`` comes from Megatron-LM / DeepSpeed, ``min_scale`` from Megatron-LM /
+    DeepSpeed / jmp (here it raises rather than clamps; None means no floor, as torch).
     """
 
     growth_factor: float = 2.0
@@ -102,7 +101,6 @@ class ScalerConfig:
     growth_interval: int = 2000
     hysteresis: int = 1
     min_scale: float | None = None
-    max_scale: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,13 +114,9 @@ class ScalerConfig:
             problems.append(f"growth_interval must be an int >= 1, got {self.growth_interval!r}")
         if not (is_int(self.hysteresis) and self.hysteresis >= 1):
             problems.append(f"hysteresis must be an int >= 1, got {self.hysteresis!r}")
-        for name in ("min_scale", "max_scale"):
-            value = getattr(self, name)
-            if value is not None and not (is_real(value) and _f32(value) > 0):
-                problems.append(f"{name} must be None or a positive float32 number, got {value!r}")
-        if not problems and None not in (self.min_scale, self.max_scale):
-            if self.min_scale > self.max_scale:
-                problems.append(f"min_scale {self.min_scale} is above max_scale {self.max_scale}")
+        value = self.min_scale
+        if value is not None and not (is_real(value) and _f32(value) > 0):
+            problems.append(f"min_scale must be None or a positive float32 number, got {value!r}")
         if problems:
             raise ValueError("invalid GradScaler settings: " + "; ".join(problems))
         # Plain Python numbers: a checkpoint stores them as JSON.
@@ -131,8 +125,6 @@ class ScalerConfig:
             object.__setattr__(self, name, kind(getattr(self, name)))
         if self.min_scale is not None:
             object.__setattr__(self, "min_scale", float(self.min_scale))
-        if self.max_scale is not None:
-            object.__setattr__(self, "max_scale", _f32(self.max_scale))
 
     def check_scale(self, name: str, value: Any) -> float:
         """``value`` as a float32 scale, or a ValueError saying why it cannot be one."""
@@ -146,8 +138,6 @@ class ScalerConfig:
                 )
         if self.min_scale is not None and value < self.min_scale:
             raise ValueError(f"{name} {value} is below min_scale {self.min_scale}")
-        if self.max_scale is not None and _f32(value) > self.max_scale:
-            raise ValueError(f"{name} {value} is above max_scale {self.max_scale}")
         return _f32(value)
 
 
@@ -192,7 +182,7 @@ class GradScaler:
     The scale S is a float32 number and every update rounds to float32, as PyTorch's
     ``_amp_update_scale_`` does, so both libraries give the same scales for the same
     overflows. ``update()`` (growth and backoff: PyTorch; hysteresis: Megatron-LM's
-    DynamicGradScaler; ``max_scale``: Apex; the floor: minimp)::
+    DynamicGradScaler; the floor: minimp)::
 
         if found_inf:                      # some gradient was inf/NaN: the step was skipped
             growth_tracker = 0
@@ -203,7 +193,7 @@ class GradScaler:
         else:
             growth_tracker += 1
             if growth_tracker == growth_interval:
-                S = min(f32(S * growth_factor), max_scale)  if that is finite
+                S = f32(S * growth_factor)  if that is finite
                 growth_tracker = 0
                 hysteresis_tracker = hysteresis
 
@@ -221,12 +211,11 @@ class GradScaler:
         *,
         hysteresis: int = 1,
         min_scale: float | None = None,
-        max_scale: float | None = None,
     ) -> None:
         if not isinstance(enabled, bool):
             raise ValueError(f"enabled must be True or False, got {enabled!r}")
         self.config = ScalerConfig(
-            growth_factor, backoff_factor, growth_interval, hysteresis, min_scale, max_scale
+            growth_factor, backoff_factor, growth_interval, hysteresis, min_scale
         )
         self._enabled = enabled
         self._scale = self.config.check_scale("init_scale", init_scale)
@@ -387,8 +376,6 @@ class GradScaler:
         if clean < c.growth_interval:
             return self._scale, clean, self._hysteresis_tracker
         grown = _f32(self._scale * c.growth_factor)
-        if c.max_scale is not None:
-            grown = min(grown, c.max_scale)
         return (grown if math.isfinite(grown) else self._scale), 0, c.hysteresis
 
     # ---- what it is -----------------------------------------------------------------
@@ -445,7 +432,6 @@ class GradScaler:
             "hysteresis": c.hysteresis,
             "_hysteresis_tracker": self._hysteresis_tracker,
             "min_scale": c.min_scale,
-            "max_scale": c.max_scale,
             "_step": self._step,
             "_overflow_streak": self._overflow_streak,
         }
@@ -469,6 +455,12 @@ class GradScaler:
                 f"GradScaler state dict lacks {missing} (a PyTorch GradScaler state dict has "
                 f"{list(_TORCH_KEYS)}); nothing was loaded"
             )
+        if state_dict.get("max_scale") is not None:
+            raise ValueError(
+                f"this state dict caps the scale at max_scale={state_dict['max_scale']!r}, "
+                "which this GradScaler no longer has (PyTorch has no cap either); drop the "
+                "key to load it uncapped; nothing was loaded"
+            )
         sd, c = state_dict, self.config
         try:
             config = ScalerConfig(
@@ -477,7 +469,6 @@ class GradScaler:
                 sd["growth_interval"],
                 sd.get("hysteresis", c.hysteresis),
                 sd.get("min_scale", c.min_scale),
-                sd.get("max_scale", c.max_scale),
             )
             scale = config.check_scale("scale", sd["scale"])
             counters = {
