@@ -1,119 +1,65 @@
-"""The claims lesson 07 (bfloat16 and FP8) makes, checked on its quick-mode run.
+"""The claims lesson 07 (on the GPU) makes, checked on its quick-mode run.
 
-Facts about the formats come from ``minimp.formats`` and are asserted exactly; each
-measured claim carries the margin the lesson's words allow ("most", "nearly all",
-"within a few percent", "about eight times", "much closer").
+The lesson only states relative, measured facts, so nothing here asserts a time or a
+speed ratio: only that the lesson recorded where it ran, that every time is a sane
+positive number, and the facts that do not depend on the machine's speed (the loop
+is Run's loop, bytes follow the dtypes).
 """
 
 import math
 
 import pytest
 
-from minimp.formats import BFLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2, FLOAT16, FLOAT32
+from minimp import backend
 
-LAYERS = ["layers.0", "layers.2", "layers.4"]
-LAST = "layers.4"
+CATEGORIES = {"parameters", "master weights", "gradients", "optimizer state", "activations"}
 
 
 @pytest.fixture(scope="module")
 def m(lesson_run):
     proc, figures, measured = lesson_run("07")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (figures / "fp8_scaling.png").exists()
-    assert sorted(p.name for p in figures.glob("07_*.png")) == ["07_fp8_training.png"]
+    # the committed figure is redrawn only on a GPU; a CPU run saves an ignored twin
+    assert (figures / f"step_time{'' if backend.cuda_available() else '_cpu'}.png").exists()
+    if not backend.cuda_available():
+        assert "NO CUDA GPU FOUND" in proc.stdout  # said clearly, before any number
     return measured
 
 
-def test_range_versus_precision(m):
-    t = m["formats"]
-    bf16, fp16, e4m3, e5m2 = (t[f.name] for f in (BFLOAT16, FLOAT16, FLOAT8_E4M3FN, FLOAT8_E5M2))
-    assert bf16["min_normal"] == FLOAT32.min_normal == 2.0**-126
-    assert 0.99 < bf16["max"] / FLOAT32.max < 1  # "nearly the same max"
-    assert bf16["binades"] > 200 and 6 <= bf16["binades"] / fp16["binades"] < 7  # "about six"
-    assert fp16["binades"] == pytest.approx(40.0, abs=0.01)  # "about forty binades"
-    assert (bf16["significant_bits"], fp16["significant_bits"]) == (8, 11)
-    assert bf16["eps"] / fp16["eps"] == 8
-    assert e4m3["significant_bits"] == e5m2["significant_bits"] + 1
-    assert e4m3["binades"] < e5m2["binades"] < fp16["binades"]
-    assert fp16["max"] == FLOAT16.max and e5m2["max"] == FLOAT8_E5M2.max
+def test_the_lesson_recorded_the_device_it_ran_on(m):
+    expected = "cuda" if backend.cuda_available() else "cpu"
+    assert m["device"] == expected
+    assert m["device_name"].startswith(expected + ":")
+    assert m["timing_devices"] == [expected]
+    assert m["weights_device"] == m["masters_device"] == expected
+    assert m["bf16_moves_to_cuda"] is False
 
 
-def test_bf16_flushes_no_gradient_that_float16_flushes_many_of(m):
-    assert m["fp16_flushed_late"] > 0.3  # "a large share"
-    assert m["bf16_flushed_ever"] == 0.0  # "none, at any recorded step, in any layer"
+def test_bf16_is_timed_only_on_the_cpu(m):
+    assert ("bf16" in m["timed_regimes"]) == (m["device"] == "cpu")
+    assert m["timed_regimes"][:2] == ["fp32", "mixed-dynamic"]
 
 
-def test_bf16_rounds_about_eight_times_coarser(m):
-    for what in ("weights", "activations"):
-        e = m["rounding_error"][what]
-        assert 6 < e["bfloat16"] / e["float16"] < 10, what
+def test_the_hand_written_loop_is_runs_loop(m):
+    if m["device"] == "cpu":
+        assert m["loop_matches_run_bitwise"] is True and m["loop_largest_gap"] == 0
+    else:  # cuBLAS's own summation order and its float16 bias add: close, not equal
+        assert m["loop_final_gap"] < 0.25
+    assert m["loop_last_loss"] < m["loop_first_loss"] / 10  # it trains
+    assert m["loop_accuracy"] > 0.9
 
 
-def test_bf16_trains_as_close_to_fp32_as_mixed_dynamic(m):
-    ratios = m["bf16_loss_ratios"]
-    assert abs(ratios["bf16"] - 1) < 0.03  # "within a few percent"
-    assert abs(ratios["mixed-dynamic"] - 1) < 0.03
+def test_every_time_is_a_positive_number_for_every_timed_regime(m):
+    for times in m["step_times"].values():
+        assert list(times) == m["timed_regimes"]
+        assert all(t > 0 and math.isfinite(t) for t in times.values())
+    assert all(t > 0 and math.isfinite(t) for t in m["cast_times"].values())
 
 
-def test_one_unscaled_e5m2_cast_flushes_most_and_the_scale_saves_most(m):
-    e5m2_binades = m["formats"][FLOAT8_E5M2.name]["binades"]
-    assert m["fp16_extra_binades"] == 8
-    for layer in LAYERS:
-        c = m["one_cast"][layer]
-        assert c["e5m2_unscaled"] > 0.5, layer  # "most vanish"
-        assert c["above_e5m2_floor"] < 8, layer  # "only a few binades above"
-        assert 0.3 < c["float16"] < c["e5m2_unscaled"], layer  # "fewer, but still many"
-        assert c["bfloat16"] == 0.0
-        assert 0.5 < c["amax_scaled_over_max"] <= 1, layer  # "the top binade"
-        assert c["e5m2_scaled"] < c["e5m2_unscaled"] / 2, layer  # "far fewer"
-        assert math.log2(c["scale"]) == round(math.log2(c["scale"]))  # a power of two
-    for layer in LAYERS[:-1]:
-        assert m["one_cast"][layer]["e5m2_scaled"] < 0.01  # "almost none"
-    last = m["one_cast"][LAST]
-    assert last["e5m2_scaled"] > 0.01  # "not so in the last layer"
-    assert last["binades"] > e5m2_binades + 10  # "far more binades than e5m2 spans"
-    assert last["e5m2_scaled_magnitude"] < 1e-3  # "a tiny share of the total magnitude"
-    assert m["scale_spread"] <= 4  # "within a few binades of each other"
-    for layer in LAYERS:  # one common scale: "somewhat more ... but far less than no scale"
-        c, common = m["one_cast"][layer], m["common_flushed"][layer]
-        assert c["e5m2_scaled"] <= common <= c["e5m2_scaled"] + 0.1, layer
-        assert common < c["e5m2_unscaled"] / 2, layer
-
-
-def test_the_first_cast_of_every_tensor_is_unscaled(m):
-    assert m["first_step_scales"] == [1.0]
-    assert m["first_step_same"] is True
-
-
-def test_the_scale_follows_the_amax(m):
-    amax = m["role_log2_amax"]
-    assert abs(amax["input"]) < 3 and abs(amax["weight"]) < 3  # "within a few binades of 1"
-    assert amax["grad"] < min(amax["input"], amax["weight"]) - 5  # "many binades lower"
-    assert max(m["forward_flushed"].values()) < 0.02  # inputs and weights "hardly flush"
-    follow = m["follow"]
-    for role in ("input", "weight"):
-        assert follow[role]["top_binade"] > 0.95, role  # "nearly every step"
-    assert follow["grad"]["top_binade"] < min(follow[r]["top_binade"] for r in ("input", "weight"))
-    assert follow["grad"]["within_4x"] > 0.9  # "nearly always within a factor of four"
-    assert all(f["max_saturated"] < 0.01 for f in follow.values())  # "very little"
-
-
-def test_without_scales_nearly_all_of_the_last_gradient_flushes(m):
-    unscaled, scaled = m["late_flushed"]["fp8-unscaled"], m["late_flushed"]["fp8"]
-    assert m["last_layer"] == LAST
-    assert unscaled[LAST] > 0.9  # "nearly all"
-    assert unscaled[LAST] == max(unscaled.values())  # "most of all"
-    assert 0 < scaled[LAST] < unscaled[LAST] / 2  # "far less flushes", but some
-
-
-def test_scaled_fp8_ends_much_closer_to_fp32_than_unscaled(m):
-    r = m["fp8_loss_ratios"]
-    assert r["fp8-unscaled"] > 1.15  # "well above fp32's"
-    assert r["fp8"] - 1 < (r["fp8-unscaled"] - 1) / 2  # "much closer"
-    accuracy = m["fp8_accuracy"].values()
-    assert max(accuracy) - min(accuracy) <= 0.015  # "hardly tells them apart"
-
-
-def test_with_sgd_at_batch_64_unscaled_fp8_trains_about_as_well(m):
-    assert abs(m["sgd_unscaled_ratio"] - 1) < 0.05  # "about as well as float32"
-    assert m["sgd_unscaled_last_flushed"] > 0.5  # "most ... flushes here too"
+def test_bytes_follow_the_dtypes(m):
+    for problem, memory in m["memory"].items():
+        fp32, mixed = memory["fp32"], memory["mixed-dynamic"]
+        assert set(fp32) == set(mixed) == CATEGORIES
+        assert 2 * mixed["parameters"] == fp32["parameters"], problem
+        assert mixed["master weights"] == fp32["parameters"], problem
+        assert 0 < mixed["activations"] < fp32["activations"], problem

@@ -239,7 +239,7 @@ def test_memory_bars(tmp_path, scale, unit):
 
 
 def _fp8_trace(steps, scale):
-    """One layer's record, as lesson 7 builds it from minimp.fp8.TensorScaling."""
+    """One layer's record, as lesson 8 builds it from minimp.fp8.TensorScaling."""
     return {
         role: {
             "step": list(range(steps)),

@@ -1,4 +1,4 @@
-"""Memory per regime, by category (lesson 5)."""
+"""Memory per regime, by category (lesson 6)."""
 
 from __future__ import annotations
 

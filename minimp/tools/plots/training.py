@@ -1,4 +1,4 @@
-"""The regimes side by side: loss and accuracy over training (lesson 5)."""
+"""The regimes side by side: loss and accuracy over training (lesson 6)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 7: Beyond float16: bfloat16 and FP8
+# # Lesson 8: Beyond float16: bfloat16 and FP8
 #
 # The 2018 recipe (Micikevicius et al., "Mixed Precision Training") was built around
 # float16, a format with enough precision but too little range: gradients fall below
@@ -130,7 +130,7 @@ measured(formats=table)
 # %% [markdown]
 # ## 2. bfloat16 needs no loss scaling
 #
-# Lessons 2 and 5 measured how many gradients a cast to float16 flushes to zero. A
+# Lessons 2 and 6 measured how many gradients a cast to float16 flushes to zero. A
 # float16 gradient that underflowed is just 0, so that count is taken on the float32
 # gradients *before* the cast: `minimp.stats.GradientRecorder` is a training hook
 # that, at a few steps, runs the batch through a float32 twin of the network and
@@ -214,7 +214,7 @@ measured(bf16_final_loss=final_loss, bf16_loss_ratios=bf16_ratios)
 # %% [markdown]
 # bf16 ends within a few percent of fp32, as mixed-dynamic does, with no loss scale.
 # The coarser rounding is there in every matmul, but the float32 masters keep it out of
-# the weights. (Lesson 8 takes the masters away: then the rounding hits the updates.)
+# the weights. (Lesson 9 takes the masters away: then the rounding hits the updates.)
 
 # %% [markdown]
 # ## 3. FP8: one scale per tensor
@@ -548,13 +548,13 @@ fig = plots.regimes_compared(
     | {n: [r.history.to_dict()] for n, r in fp8_runs.items()},
     title=f"fp8 matmuls on large-batch Adam ({FP8_CONFIG.steps} steps, one seed)",
 )
-save_figure(fig, "07_fp8_training")
+save_figure(fig, "fp8_training")
 show(fig)
 
 # %% [markdown]
 # The unscaled run falls behind as its gradients vanish: its final training loss ends
 # well above fp32's. With one delayed scale per tensor, fp8 ends much closer (figure
-# `07_fp8_training`). Test accuracy hardly tells them apart, as in lesson 5: on
+# `fp8_training`). Test accuracy hardly tells them apart, as in lesson 6: on
 # held-out digits, a network this small is about as good whichever way it was trained.
 #
 # **Where the scale does not matter.** The failure above needs small gradients and an
@@ -574,7 +574,7 @@ measured(sgd_unscaled_ratio=small_ratio, sgd_unscaled_last_flushed=small_flushed
 
 # %% [markdown]
 # Here unscaled fp8 trains about as well as float32, although most of the last layer's
-# output gradient flushes here too. The likely reason is the one lesson 5 measured for
+# output gradient flushes here too. The likely reason is the one lesson 6 measured for
 # float16: the values that flush are the smallest, and SGD moves a weight in proportion
 # to its gradient, so losing them changes little. Adam divides each weight's step by the
 # size of its recent gradients: a weight whose gradients are all tiny still takes a

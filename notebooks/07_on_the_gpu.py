@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 6: On the GPU
+# # Lesson 7: On the GPU
 #
 # Everything so far was about what 16-bit numbers do to training. This lesson is about
 # what they are *for*: speed and memory on the hardware the paper was written for.
@@ -363,7 +363,7 @@ measured(memory=memory)
 # In both problems the mixed model's parameters are half of fp32's and its masters
 # exactly as large as fp32's parameters, and its activations are smaller than fp32's.
 # Whether the total goes down depends on how much of it is activations, which grow with
-# the batch (lesson 5 weighed that).
+# the batch (lesson 6 weighed that).
 #
 # ## 7. The figure
 #
@@ -405,7 +405,7 @@ def step_time_bars(timings: dict, device_label: str) -> Figure:
 fig = step_time_bars(timings, device_label)
 # The README's figure is a GPU's; a CPU run saves its own under another name, which git
 # ignores, so running every lesson without a GPU leaves the committed figure as it is.
-save_figure(fig, "06_step_time" if DEVICE == "cuda" else "06_step_time_cpu")
+save_figure(fig, "step_time" if DEVICE == "cuda" else "step_time_cpu")
 show(fig)
 
 # %% [markdown]

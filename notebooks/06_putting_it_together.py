@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 5: Putting it together
+# # Lesson 6: Putting it together
 #
 # The earlier lessons took the three techniques of Micikevicius et al., "Mixed Precision
 # Training" (ICLR 2018) one at a time: float32 **master weights** (sec. 3.1), **loss

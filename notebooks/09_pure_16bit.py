@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # Lesson 8: Pure 16-bit training without master weights
+# # Lesson 9: Pure 16-bit training without master weights
 #
 # Lesson 3 showed why Micikevicius et al. (ICLR 2018, sec. 3.1) keep a float32 **master
 # copy** of every weight: a 16-bit weight cannot take an update smaller than half its
@@ -28,7 +28,7 @@
 #   rounding dropped in a small 16-bit **carry** per weight, and add it back at the next
 #   step.
 #
-# We use **bfloat16** (lesson 5: float32's 8 exponent bits, only 7 fraction bits), the
+# We use **bfloat16** (lesson 6: float32's 8 exponent bits, only 7 fraction bits), the
 # format Zamirai et al. studied: its range is float32's, so gradients do not flush to
 # zero and no loss scale is needed; only the update rounding is left to fix.
 #
@@ -111,7 +111,7 @@ measured(bytes_per_param=bytes_per_param, per_param=per_param, total_kib=total_k
 # gradient exists twice (a bfloat16 one from backward, and its float32 copy for the
 # master), and SGD's momentum is float32 because the optimizer updates the masters. On
 # this small network, whose activations are a small part of the total, a step of `bf16`
-# holds more than a step of `fp32` (lesson 5 shows the balance tipping the other way at
+# holds more than a step of `fp32` (lesson 6 shows the balance tipping the other way at
 # large batches, where activations dominate).
 #
 # Without masters, everything is 2 bytes: the weight, its gradient, and the momentum
@@ -271,7 +271,7 @@ trace = {
     "kahan": kahan,
 }
 fig = minimp.tools.plots.one_weight_rounding(trace, ulp)
-save_figure(fig, "08_one_weight")
+save_figure(fig, "one_weight")
 show(fig)
 
 # %% [markdown]
@@ -349,7 +349,7 @@ measured(
 # Pure bfloat16 with nearest rounding ends with a clearly higher training loss than
 # float32. Stochastic rounding and Kahan summation bring it back to float32's, with no
 # master copy, as the masters of `bf16` do. Test accuracy hardly tells the regimes
-# apart on this small, easy task (as in lessons 3 and 5); the training loss is the
+# apart on this small, easy task (as in lessons 3 and 6); the training loss is the
 # sensitive reading.
 
 # %% [markdown]
