@@ -14,7 +14,7 @@ gathered here so a lesson writes ``plots.number_line(...)``.
 
 from minimp.tools.plots.formats import NUMBER_LINE_FORMATS, number_line
 from minimp.tools.plots.gradients import layer_underflow, underflow_histogram
-from minimp.tools.plots.memory import memory_bars
+from minimp.tools.plots.memory import memory_bars, memory_compared
 from minimp.tools.plots.palette import (
     CATEGORY_COLORS,
     CATEGORY_ORDER,
@@ -40,6 +40,7 @@ __all__ = [
     "loss_scale_trace",
     "master_weights",
     "memory_bars",
+    "memory_compared",
     "number_line",
     "one_weight_rounding",
     "pure16",
