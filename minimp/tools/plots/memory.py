@@ -126,7 +126,7 @@ def _bars(ax, memory: Mapping[str, Mapping[str, int]]) -> None:
         if reference and r != "fp32":
             text += f"\n{total / reference:.2f}× fp32"
         ax.text(xi, total / divisor, text, ha="center", va="bottom", fontsize=9)
-    ax.set_xticks(x, regimes)
+    ax.set_xticks(x, regimes, rotation=20, ha="right")
     ax.set_ylim(0, (totals.max() / divisor if len(totals) else 1) * 1.22)
     ax.set_ylabel(f"memory ({unit})")
     ax.set_xlabel("regime")

@@ -77,7 +77,7 @@ def regimes_compared(
     ax_acc.set_xlabel("regime")
     ax_acc.set_ylabel("test accuracy")
     ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=2))
-    resolution = f": one test image = {1 / test_images:.2%}" if test_images else ""
+    resolution = f"\none test image = {1 / test_images:.2%}" if test_images else ""
     ax_acc.set_title(f"Final test accuracy, a dot per seed{resolution}", fontsize=10)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3, which="major")
