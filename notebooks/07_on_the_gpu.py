@@ -190,7 +190,8 @@ claim(weight.device == master.device == DEVICE, "weights and masters live on the
       weights=weight.device, masters=master.device)  # fmt: skip
 
 # %% [markdown]
-# Is it the same loop as `Run`'s? Train `Run("mixed-dynamic")` on the CPU with the same
+# Is it the same loop as `Run`'s? **Predict:** on the CPU, will the two agree exactly,
+# or only closely? Train `Run("mixed-dynamic")` on the CPU with the same
 # settings and compare the losses step by step. On the CPU the two must agree bit for
 # bit. On a GPU, expect them to agree closely but not exactly: cuBLAS sums the products
 # in its own order, and adds a layer's bias in float16 after rounding the matmul's
@@ -235,6 +236,9 @@ else:
 # where the matrix multiplies dominate, on random inputs and labels (drawn from the
 # same seed for every regime; a step's time depends on the shapes, hardly on the
 # values). Their sizes are printed with the times.
+#
+# **Predict:** on this machine, will a `mixed-dynamic` step take less time than an
+# `fp32` one, or more? For which problem is the gap larger?
 
 # %% tags=["timing"]
 timings = {}
