@@ -467,7 +467,10 @@ class Run:
         """Of the weights whose gradient was nonzero, the fraction the update left
         unchanged: the update was below half an ulp of the weight and rounded away
         (sec. 3.1). Measured on what the optimizer updates: the float16 weights in
-        pure fp16, the float32 masters otherwise."""
+        pure fp16, the float32 masters otherwise. A gradient the regime's format
+        flushed to zero asks for no update and is not counted: without a loss scale
+        the smallest gradients, whose updates would round away, leave the count, so
+        mixed-noscale can show fewer lost updates than fp32 (lesson 6 measures it)."""
         counts = []  # on the device, read back once: one sync, not two per parameter
         for p, old in zip(self.updated.values(), before, strict=True):
             nonzero = p.grad.data != 0

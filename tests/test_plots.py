@@ -198,12 +198,18 @@ def _history(regime, seed, steps=120):
 
 def test_regimes_compared(tmp_path):
     histories = {r: [_history(r, seed) for seed in range(2)] for r in REGIMES}
-    fig = plots.regimes_compared(histories, smooth=10)
+    fig = plots.regimes_compared(histories, smooth=10, test_images=359)
     loss, accuracy = fig.axes
     assert loss.get_yscale() == "log"
     assert "10-step moving average" in loss.get_title()
     assert "training loss" in loss.get_ylabel() and accuracy.get_ylabel() == "test accuracy"
-    assert loss.get_xlabel() == accuracy.get_xlabel() == "training step"
+    assert loss.get_xlabel() == "training step" and accuracy.get_xlabel() == "regime"
+    # the final accuracy of every seed is a dot of its own, and the title gives the
+    # resolution one test image sets
+    dots = [line for line in accuracy.lines if line.get_marker() == "o"]
+    assert sorted(len(line.get_ydata()) for line in dots) == [2] * len(REGIMES)
+    assert "one test image = 0.28%" in accuracy.get_title()
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == list(REGIMES)
     drawn = texts(fig)
     assert {"fp32", "mixed-dynamic", "bf16"} <= set(drawn)
     assert "fp16 (NaN/inf loss in 1 of 2 seeds)" in drawn
@@ -239,7 +245,7 @@ def test_memory_bars(tmp_path, scale, unit):
 
 
 def _fp8_trace(steps, scale):
-    """One layer's record, as lesson 7 builds it from minimp.fp8.TensorScaling."""
+    """One layer's record, as lesson 8 builds it from minimp.fp8.TensorScaling."""
     return {
         role: {
             "step": list(range(steps)),
@@ -386,3 +392,19 @@ def test_loss_scale_trace_shows_a_run_that_skips_every_step_above_its_crosses():
     (line,) = [x for x in ax.lines if x.get_label().startswith("static")]
     (crosses,) = [x for x in ax.lines if x.get_marker() == "x"]
     assert line.get_zorder() > crosses.get_zorder()
+
+
+def test_memory_compared_plots_the_batch_crossover(tmp_path):
+    memory = {"fp32": {"parameters": 4000, "activations": 1000}, "mixed-dynamic": {
+        "parameters": 2000, "master weights": 4000, "activations": 500}}  # fmt: skip
+    by_batch = {"mixed-dynamic": {64: {"stored": 1.16, "peak": 1.3}, 1024: {"stored": 0.67,
+                "peak": 0.9}}}  # fmt: skip
+    fig = plots.memory_compared(memory, by_batch, batch=64)
+    bars, ratio = fig.axes
+    assert ratio.get_xlabel() == "batch size" and ratio.get_xscale() == "log"
+    stored, peak = (line for line in ratio.lines if line.get_label().startswith("mixed"))
+    assert list(stored.get_xdata()) == [64, 1024] and list(stored.get_ydata()) == [1.16, 0.67]
+    assert list(peak.get_ydata()) == [1.3, 0.9] and peak.get_linestyle() == "--"
+    assert {"1.16×", "0.67×"} <= set(texts(fig))
+    assert "batch 64" in bars.get_title()
+    saves(fig, tmp_path)

@@ -154,7 +154,7 @@ def test_what_each_scheme_holds(summary):
 
 
 def test_on_small_batches_unscaled_fp8_still_trains(summary):
-    """The README says so; lesson 7 shows the setting where the per-tensor scale matters."""
+    """The README says so; lesson 8 shows the setting where the per-tensor scale matters."""
     fp32 = summary["fp32"]["loss_mean"]
     for name in ("fp8", "fp8-unscaled"):
         assert summary[name]["loss_mean"] < 1.2 * fp32

@@ -8,7 +8,7 @@ the rows ``python -m minimp regimes`` prints into the README.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,13 +51,16 @@ def compare_regimes(
     regimes: Sequence[str] = (*REGIMES, *BEYOND_FP16),
     seeds: Sequence[int] = (0, 1, 2),
     progress: bool | None = None,
+    hooks: Sequence[Callable[[Any], None]] = (),
 ) -> dict[str, list[tuple[History, list[dict[str, Any]]]]]:
     """Run each regime once per seed. Returns, per regime, one (history, gradient
     records) pair per seed; the records say what a cast to the regime's 16-bit format
     does to the float32 gradients, four times per run (see ``minimp.stats``). Each
     history's ``memory`` is the regime's ``memory_report`` (stored bytes) and its
     ``peak_memory`` the ``measure_peak`` of a step (the same for every seed: shapes and
-    dtypes do not depend on it), measured once, before training."""
+    dtypes do not depend on it), measured once, before training. ``hooks`` are called
+    beside the recorder, at the same steps of every run (a lesson that wants to look
+    closer at one run's gradients looks there, instead of training that run again)."""
     results: dict[str, list[tuple[History, list[dict[str, Any]]]]] = {}
     for name in regimes:
         regime = get_regime(name)
@@ -66,8 +69,10 @@ def compare_regimes(
         for seed in seeds:
             run_config = replace(config, seed=seed, record_every=max(config.steps // 4, 1))
             recorder = GradientRecorder(regime.compute_dtype.name)
-            hooks = [recorder] if regime.compute_dtype != float32 else []
-            history = Run(regime, dataset, run_config).train(hooks=hooks, progress=progress)
+            watch = [recorder] if regime.compute_dtype != float32 else []
+            history = Run(regime, dataset, run_config).train(
+                hooks=[*watch, *hooks], progress=progress
+            )
             history.memory, history.peak_memory = dict(memory), peak
             results.setdefault(name, []).append((history, recorder.records))
     return results

@@ -78,15 +78,43 @@ def figure_loss_scale(results: dict) -> tuple[Figure, dict]:
     return fig, {"skipped": int(histories["dynamic"]["skipped"].sum())}
 
 
-def figure_regimes(results: dict) -> tuple[Figure, dict]:
+def figure_regimes(results: dict, test_images: int) -> tuple[Figure, dict]:
     histories = {name: [h.to_dict() for h, _ in runs] for name, runs in results.items()}
-    return plots.regimes_compared(histories), {}
+    return plots.regimes_compared(histories, test_images=test_images), {}
 
 
-def figure_memory(config: TrainConfig) -> tuple[Figure, dict]:
+def figure_memory(
+    config: TrainConfig, batches: tuple[int, ...], shown: tuple[str, ...]
+) -> tuple[Figure, dict]:
+    """What one step of each regime stores at ``config``'s batch, by category
+    (``memory_report``), and, at each of ``batches``, the stored bytes and the measured
+    peak (``measure_peak``) of the regimes ``shown`` relative to fp32's at that batch.
+    Each number is one step of a fresh run: nothing is trained."""
     digits = data.load_digits()
     held = {name: memory.memory_report(Run(name, digits, config)) for name in REGIMES}
-    return plots.memory_bars(held, title="Bytes held by one training step, measured"), held
+    weighed: dict[str, dict[int, dict[str, float]]] = {}
+    for name in ("fp32", *shown):
+        for batch in batches:
+            run = Run(name, digits, _with(config, batch_size=batch))
+            stored = memory.memory_report(run)
+            weighed.setdefault(name, {})[batch] = {
+                "stored_bytes": sum(stored.values()),
+                "peak_bytes": memory.measure_peak(run),
+                "activation_share": stored["activations"] / sum(stored.values()),
+            }
+    by_batch = {
+        name: {
+            b: {
+                "stored": v["stored_bytes"] / weighed["fp32"][b]["stored_bytes"],
+                "peak": v["peak_bytes"] / weighed["fp32"][b]["peak_bytes"],
+            }
+            for b, v in per_batch.items()
+        }
+        for name, per_batch in weighed.items()
+        if name != "fp32"
+    }
+    fig = plots.memory_compared(held, by_batch, batch=config.batch_size)
+    return fig, {"stored": held, "by_batch": by_batch, "weighed": weighed}
 
 
 def _with(config: TrainConfig, **changes: Any) -> TrainConfig:

@@ -16,7 +16,7 @@ from minimp.tools.plots.autocast import EXP_OVERFLOW, autocast_overview
 from minimp.tools.plots.blocks import accumulation_error, outlier_blocks, spike_scaling
 from minimp.tools.plots.formats import NUMBER_LINE_FORMATS, number_line
 from minimp.tools.plots.gradients import layer_underflow, underflow_histogram
-from minimp.tools.plots.memory import memory_bars
+from minimp.tools.plots.memory import memory_bars, memory_compared
 from minimp.tools.plots.palette import (
     CATEGORY_COLORS,
     CATEGORY_ORDER,
@@ -48,6 +48,7 @@ __all__ = [
     "loss_scale_trace",
     "master_weights",
     "memory_bars",
+    "memory_compared",
     "number_line",
     "one_weight_rounding",
     "outlier_blocks",

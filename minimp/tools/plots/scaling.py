@@ -1,5 +1,5 @@
 """Scales over training: the loss scale (lessons 4-5) and fp8's per-tensor scales
-(lesson 7)."""
+(lesson 8)."""
 
 from __future__ import annotations
 

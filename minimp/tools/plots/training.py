@@ -1,4 +1,4 @@
-"""The regimes side by side: loss and accuracy over training (lesson 5)."""
+"""The regimes side by side: loss over training and final accuracy (lessons 6 and 8)."""
 
 from __future__ import annotations
 
@@ -23,16 +23,23 @@ def regimes_compared(
     *,
     smooth: int = 50,
     title: str | None = None,
+    test_images: int | None = None,
     figsize: tuple[float, float] = WIDE,
 ) -> Figure:
-    """Training loss (left, log scale) and test accuracy (right) of each regime.
+    """Training loss (left, log scale) of each regime over training, and its final test
+    accuracy (right), one dot per seed.
 
     ``histories[regime]`` holds one history per seed ("step", "loss", "eval_step",
-    "test_accuracy"). Lines are the mean over seeds, bands the min-max over
+    "test_accuracy"). Loss lines are the mean over seeds, bands the min-max over
     seeds; the loss is first smoothed per seed by a ``smooth``-step trailing moving
     average. fp32 (thick black) is the reference the mixed regimes must match
     (Micikevicius et al. 2018, sec. 4). A seed whose loss became NaN/inf is left
     out from there on, and the legend says how many seeds did.
+
+    Accuracy curves of regimes that end within a test image of each other overlap
+    into one band; so the right panel shows only the final accuracy, each seed a dot
+    and the mean a bar, and ``test_images`` (the size of the test set) says in the
+    title how much one image moves it: the resolution of the measurement.
     """
     fig = Figure(figsize=figsize, layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -56,22 +63,22 @@ def regimes_compared(
         ax_loss.plot(step, mean, label=label, **style)
         ax_loss.fill_between(step, low, high, color=style["color"], alpha=0.15, lw=0)
 
-        m = min(len(r["test_accuracy"]) for r in runs)
-        acc = np.array([np.asarray(r["test_accuracy"][:m], float) for r in runs])
-        mean, low, high = seed_stats(acc)
-        eval_step = np.asarray(runs[0]["eval_step"][:m])
-        ax_acc.plot(eval_step, mean, **style)
-        ax_acc.fill_between(eval_step, low, high, color=style["color"], alpha=0.15, lw=0)
+        final = np.array([r["test_accuracy"][-1] for r in runs], float)
+        jitter = np.linspace(-0.12, 0.12, len(final)) if len(final) > 1 else np.zeros(1)
+        ax_acc.plot(i + jitter, final, "o", color=style["color"], ms=5, alpha=0.8)
+        ax_acc.plot([i - 0.25, i + 0.25], [np.nanmean(final)] * 2, color=style["color"], lw=2.2)
     ax_loss.set_yscale("log")
     if not any(np.isfinite(line.get_ydata()).any() for line in ax_loss.lines):
         ax_loss.set_ylim(1e-2, 1e1)  # every run diverged: keep the log axis drawable
     ax_loss.set_xlabel("training step")
     ax_loss.set_ylabel("training loss (cross-entropy, log scale)")
     ax_loss.set_title(f"Training loss, {smooth}-step moving average", fontsize=10)
-    ax_acc.set_xlabel("training step")
+    ax_acc.set_xticks(range(len(histories)), list(histories), rotation=30, ha="right")
+    ax_acc.set_xlabel("regime")
     ax_acc.set_ylabel("test accuracy")
-    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
-    ax_acc.set_title("Test accuracy", fontsize=10)
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=2))
+    resolution = f"\none test image = {1 / test_images:.2%}" if test_images else ""
+    ax_acc.set_title(f"Final test accuracy, a dot per seed{resolution}", fontsize=10)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3, which="major")
     fig.legend(

@@ -1,5 +1,5 @@
 """What happens to the weights: float32 masters against float16 weights (lesson 3)
-and pure 16-bit training without masters (lesson 8)."""
+and pure 16-bit training without masters (lesson 9)."""
 
 from __future__ import annotations
 

@@ -9,14 +9,14 @@
 # ---
 
 # %% [markdown]
-# # Lesson 6: On the GPU
+# # Lesson 7: On the GPU
 #
 # Everything so far was about what 16-bit numbers do to training. This lesson is about
 # what they are *for*: speed and memory on the hardware the paper was written for.
 # On NVIDIA GPUs, tensor cores multiply float16 matrices, accumulating the products in
 # float32 (Micikevicius et al. 2018, sec. 3.3), at a much higher rate than the float32
-# units (so the hardware's specifications say: this lesson measures only what it runs
-# on), and every float16 number is half the bytes to store and to move.
+# units (section 5 sets a datasheet's numbers beside the lesson's matmuls), and every
+# float16 number is half the bytes to store and to move.
 #
 # minimp runs on a CUDA GPU through CuPy, a NumPy-compatible array library: a float16
 # tensor on the GPU holds a real CuPy float16 array, and its matmul goes to cuBLAS,
@@ -25,6 +25,8 @@
 # - find out which device this machine has;
 # - write the mixed-precision training loop out by hand, on that device;
 # - time a training step per regime, the careful way, and weigh its memory;
+# - compute what a GPU's datasheet says about these matmuls: peak rates, arithmetic
+#   intensity, the multiple-of-8 rule;
 # - and say what the measurements mean, and what they cannot tell us.
 #
 # **This lesson measures whatever it runs on.** Without a GPU it runs every measurement
@@ -32,6 +34,7 @@
 # it did not measure.
 
 # %%
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -43,13 +46,13 @@ import minimp.functional as F
 from minimp import backend, nn, optim
 from minimp.amp import GradScaler, MasterWeights
 from minimp.tools import bench
-from minimp.tools.lessons import QUICK, measured, save_figure, show
+from minimp.tools.lessons import claim, save_figure, show
 from minimp.tools.plots import COLORS
 from minimp.train import Run, TrainConfig
 
 DEVICE = "cuda" if backend.cuda_available() else "cpu"  # the device everything runs on
 CONFIG = TrainConfig()  # the README's digits MLP: 64-128-128-10, SGD + momentum, batch 64
-TRAIN_STEPS = 300 if QUICK else 2000  # steps of the hand-written loop of section 3
+TRAIN_STEPS = 500  # steps of the hand-written loop of section 3
 # Two problems to time: the digits MLP, and a wide MLP whose matmuls dominate the step.
 # The wide one is sized for the device: large enough for a GPU's tensor cores to matter,
 # small enough for a two-core CPU to finish in seconds.
@@ -64,12 +67,8 @@ TIMED = ("fp32", "mixed-dynamic") + (("bf16",) if DEVICE == "cpu" else ())
 # How each step time is measured (section 4): `warmup` untimed steps, then `repeats`
 # blocks of `steps` steps; the median block gives the step time.
 TIMING = {
-    "digits MLP": {"steps": 5, "repeats": 3, "warmup": 2}
-    if QUICK
-    else {"steps": 50, "repeats": 7, "warmup": 5},
-    "wide MLP": {"steps": 2, "repeats": 3, "warmup": 1}
-    if QUICK
-    else {"steps": 10, "repeats": 5, "warmup": 2},
+    "digits MLP": {"steps": 20, "repeats": 5, "warmup": 3},
+    "wide MLP": {"steps": 4, "repeats": 5, "warmup": 1},
 }
 
 digits = minimp.data.load_digits()
@@ -106,7 +105,9 @@ try:
 except (TypeError, RuntimeError) as error:
     bf16_moves = False
     print(f"a bfloat16 tensor .to('cuda'): {type(error).__name__}: {error}")
-measured(device=DEVICE, device_name=device_label, bf16_moves_to_cuda=bf16_moves)
+claim(not bf16_moves, "a bfloat16 tensor refuses to move to the GPU")
+claim(x.device == DEVICE and model.parameters()[0].device == DEVICE,
+      "a tensor is placed with device= when it is made", device=x.device)  # fmt: skip
 
 # %% [markdown]
 # ## 2. Why not `minimp.train.Run`?
@@ -182,9 +183,15 @@ print(f"losses {np.mean(losses[-100:]):.5f}, test accuracy {accuracy:.2%}")
 weight, master = model.parameters()[0], masters.parameters()[0]
 print(f"weights on {weight.device} ({weight.dtype}), masters on {master.device} ({master.dtype})")
 print(f"final loss scale {scaler.get_scale():g}")
+claim(np.mean(losses[-100:]) < losses[0] / 10 and accuracy > 0.9,
+      "the hand-written loop trains", first=losses[0], last=np.mean(losses[-100:]),
+      accuracy=accuracy)  # fmt: skip
+claim(weight.device == master.device == DEVICE, "weights and masters live on the device",
+      weights=weight.device, masters=master.device)  # fmt: skip
 
 # %% [markdown]
-# Is it the same loop as `Run`'s? Train `Run("mixed-dynamic")` on the CPU with the same
+# Is it the same loop as `Run`'s? **Predict:** on the CPU, will the two agree exactly,
+# or only closely? Train `Run("mixed-dynamic")` on the CPU with the same
 # settings and compare the losses step by step. On the CPU the two must agree bit for
 # bit. On a GPU, expect them to agree closely but not exactly: cuBLAS sums the products
 # in its own order, and adds a layer's bias in float16 after rounding the matmul's
@@ -199,16 +206,11 @@ print(f"hand-written loop on {DEVICE} vs Run on cpu: identical losses: {same_bit
 print(f"largest relative difference of a step's loss: {largest_gap:.2g}")
 final_gap = abs(np.mean(losses[-100:]) / np.mean(reference[-100:]) - 1)
 print(f"relative difference of the mean of the last 100 losses: {final_gap:.2g}")
-measured(
-    loop_first_loss=losses[0],
-    loop_last_loss=float(np.mean(losses[-100:])),
-    loop_accuracy=accuracy,
-    loop_matches_run_bitwise=same_bits,
-    loop_largest_gap=largest_gap,
-    loop_final_gap=final_gap,
-    weights_device=weight.device,
-    masters_device=master.device,
-)
+if DEVICE == "cpu":
+    claim(same_bits and largest_gap == 0, "on the CPU the two must agree bit for bit",
+          largest_gap=largest_gap)  # fmt: skip
+else:
+    claim(final_gap < 0.25, "on a GPU, expect them to agree closely", final_gap=final_gap)
 
 # %% [markdown]
 # ## 4. Timing a step, the careful way
@@ -234,6 +236,9 @@ measured(
 # where the matrix multiplies dominate, on random inputs and labels (drawn from the
 # same seed for every regime; a step's time depends on the shapes, hardly on the
 # values). Their sizes are printed with the times.
+#
+# **Predict:** on this machine, will a `mixed-dynamic` step take less time than an
+# `fp32` one, or more? For which problem is the gap larger?
 
 # %% tags=["timing"]
 timings = {}
@@ -256,15 +261,8 @@ for problem, by_regime in timings.items():
             f"{r['step_time_s'] / reference_time:5.2f} x fp32's time"
         )
 step_times = {p: {reg: r["step_time_s"] for reg, r in by.items()} for p, by in timings.items()}
-measured(
-    timed_regimes=list(TIMED),
-    step_times=step_times,
-    step_time_ranges={
-        p: {reg: [r["step_time_min_s"], r["step_time_max_s"]] for reg, r in by.items()}
-        for p, by in timings.items()
-    },
-    timing_devices=sorted({r["device"] for by in timings.values() for r in by.values()}),
-)
+devices = {r["device"] for by in timings.values() for r in by.values()}
+claim(devices == {DEVICE}, "everything below runs on the device found", devices=devices)
 
 # %% [markdown]
 # ## 5. What the times mean
@@ -319,7 +317,6 @@ for name, t in cast_times.items():
         f"{name:20} {t * 1e3:7.3f} ms for {values.size:,} values "
         f"({t / cast_times['float32 copy']:5.1f} x a float32 copy)"
     )
-measured(cast_times=cast_times)
 
 # %% [markdown]
 # Where both were timed (on the CPU), compare the float16 and bfloat16 lines. A bfloat16
@@ -341,6 +338,98 @@ measured(cast_times=cast_times)
 # (`bool(...)` in `GradScaler.unscale_`), which waits for the GPU to finish. Those are
 # expectations; only a run of this lesson on a GPU measures them.
 #
+# ### What a datasheet says, and what it means for these matmuls
+#
+# **Question:** a GPU's datasheet promises many times more float16 tensor-core
+# operations per second than float32 ones. Would the digits MLP see that speed-up?
+#
+# The numbers below are NVIDIA's, from the *NVIDIA H100 Tensor Core GPU* datasheet (H100
+# SXM5 column), not measurements of this lesson: peak float32 (non-tensor) 67 TFLOPS,
+# peak float16 tensor core 1,979 TFLOPS *with sparsity*, half of that, 989.5 TFLOPS,
+# dense (the rate for ordinary matrices), and 3.35 TB/s of HBM3 memory bandwidth.
+#
+# A matmul (M x K) @ (K x N) does 2MKN floating-point operations and must at least read
+# both inputs and write the output once: (MK + KN + MN) numbers. Its **arithmetic
+# intensity** is the ratio, operations per byte moved. The GPU's **ridge point** is its
+# peak rate divided by its bandwidth: a matmul whose intensity is below it waits for
+# memory, not for the tensor cores (the *roofline* model, Williams et al. 2009), and
+# can run at most intensity x bandwidth.
+#
+# And a rule of the hardware: tensor cores multiply small tiles, so cuBLAS uses them
+# fully only when the matrix dimensions are **multiples of 8** for float16 (NVIDIA's
+# *Deep Learning Performance Guide*, "Matrix Multiplication Background"; multiples of 64
+# bytes, 32 half values, are better still on A100 and later). A dimension such as 10
+# classes is padded, or the matmul falls back to slower code. Let us compute all three
+# for this lesson's matmuls.
+
+# %%
+H100_SXM = {  # NVIDIA H100 Tensor Core GPU datasheet, H100 SXM5 column
+    "fp32 TFLOPS": 67.0,
+    "fp16 tensor TFLOPS (dense)": 1979.0 / 2,  # the datasheet's 1,979 is with 2:4 sparsity
+    "memory TB/s": 3.35,
+}
+speedup = H100_SXM["fp16 tensor TFLOPS (dense)"] / H100_SXM["fp32 TFLOPS"]
+ridge = {
+    "float32": H100_SXM["fp32 TFLOPS"] / H100_SXM["memory TB/s"],
+    "float16": H100_SXM["fp16 tensor TFLOPS (dense)"] / H100_SXM["memory TB/s"],
+}
+print(f"H100 SXM (datasheet): fp16 tensor cores dense / fp32 = {speedup:.1f} x")
+print("ridge point, flops per byte: "
+      + ", ".join(f"{k} {v:.0f}" for k, v in ridge.items()))  # fmt: skip
+
+
+def intensity(m: int, k: int, n: int, itemsize: int) -> float:
+    """Operations per byte of (m x k) @ (k x n): 2mkn over the bytes of both inputs and
+    the output, each moved once."""
+    return 2 * m * k * n / ((m * k + k * n + m * n) * itemsize)
+
+
+matmuls = {}
+for problem, (sizes, batch_size) in PROBLEMS.items():
+    for i, (k, n) in enumerate(itertools.pairwise(sizes)):
+        matmuls[f"{problem}, layer {i}"] = (batch_size, k, n)
+print(f"\n{'matmul (forward)':24} {'M x K x N':>18} {'float16 flop/B':>15} "
+      f"{'bound by (H100)':>16} {'dims % 8':>9}")  # fmt: skip
+bound = {}
+for name, (m, k, n) in matmuls.items():
+    a16 = intensity(m, k, n, 2)
+    bound[name] = "compute" if a16 > ridge["float16"] else "memory"
+    aligned = all(d % 8 == 0 for d in (m, k, n))
+    print(f"{name:24} {f'{m} x {k} x {n}':>18} {a16:>15.1f} {bound[name]:>16} "
+          f"{'yes' if aligned else 'NO':>9}")  # fmt: skip
+digits_best = max(intensity(*matmuls[n], 2) for n in matmuls if n.startswith("digits"))
+print(f"\nat best, the digits MLP's matmuls reach {digits_best * H100_SXM['memory TB/s']:.0f}"
+      f" TFLOPS on an H100 (intensity x bandwidth), "
+      f"{digits_best * H100_SXM['memory TB/s'] / H100_SXM['fp16 tensor TFLOPS (dense)']:.0%}"
+      " of its float16 peak")  # fmt: skip
+unaligned = [name for name, dims in matmuls.items() if any(d % 8 for d in dims)]
+print("dimensions not a multiple of 8: " + ", ".join(unaligned))
+
+# %% [markdown]
+# The datasheet's ratio, printed above, is more than ten times. But every one of the
+# digits MLP's matmuls lies far below the float16 ridge point: they are bound by memory,
+# not by the tensor cores, and could use at most about a tenth of the float16 peak
+# (printed above) even with no Python and no kernel launches around them. The wide
+# MLP's hidden layers have a far higher intensity. Both output layers (10 classes)
+# break the multiple-of-8 rule. Halving the bytes still helps a memory-bound matmul
+# (twice the numbers per byte moved),
+# which is why float16 pays even where the tensor cores idle.
+
+# %%
+claim(speedup > 10, "the datasheet's ratio is more than ten times", speedup=speedup)
+claim(all(bound[n] == "memory" for n in matmuls if n.startswith("digits")),
+      "every one of the digits MLP's matmuls is bound by memory", bound=bound)  # fmt: skip
+share_of_peak = digits_best * H100_SXM["memory TB/s"] / H100_SXM["fp16 tensor TFLOPS (dense)"]
+claim(share_of_peak < 0.15, "could use at most about a tenth of the float16 peak",
+      share=share_of_peak)  # fmt: skip
+wide_hidden = intensity(*matmuls["wide MLP, layer 1"], 2)
+claim(wide_hidden > 5 * digits_best, "the wide MLP's hidden layers have a far higher intensity",
+      wide=wide_hidden, digits=digits_best)  # fmt: skip
+claim(all(any(d % 8 for d in matmuls[f"{p}, layer {len(PROBLEMS[p][0]) - 2}"]) for p in PROBLEMS),
+      "both output layers (10 classes) break the multiple-of-8 rule",
+      unaligned=unaligned)  # fmt: skip
+
+# %% [markdown]
 # ## 6. Memory per regime
 #
 # The bytes one step holds, by category: they depend on dtypes and shapes only, so they
@@ -357,13 +446,22 @@ for problem, by_regime in memory.items():
     for category in [*by_regime["fp32"], "total"]:
         row = [sum(m.values()) if category == "total" else m[category] for m in by_regime.values()]
         print(f"  {category:16}" + "".join(f"{b:>15,}" for b in row))
-measured(memory=memory)
 
 # %% [markdown]
-# In both problems the mixed model's parameters are half of fp32's and its masters
-# exactly as large as fp32's parameters, and its activations are smaller than fp32's.
-# Whether the total goes down depends on how much of it is activations, which grow with
-# the batch (lesson 5 weighed that).
+# These are **stored** bytes (`minimp.memory.memory_report`, from the arrays' sizes),
+# not a measured peak. In both problems the mixed model's parameters are half of fp32's
+# and its masters exactly as large as fp32's parameters, and its activations are
+# smaller than fp32's. Whether the total goes down depends on how much of it is
+# activations, which grow with the batch (lesson 6 plots that).
+
+# %%
+for problem, by_regime in memory.items():
+    fp32, mixed_memory = by_regime["fp32"], by_regime["mixed-dynamic"]
+    claim(2 * mixed_memory["parameters"] == fp32["parameters"]
+          and mixed_memory["master weights"] == fp32["parameters"]
+          and 0 < mixed_memory["activations"] < fp32["activations"],
+          "the mixed model's parameters are half of fp32's, its masters as large as fp32's "
+          "parameters, its activations smaller", problem=problem)  # fmt: skip
 #
 # ## 7. The figure
 #
@@ -403,9 +501,10 @@ def step_time_bars(timings: dict, device_label: str) -> Figure:
 
 
 fig = step_time_bars(timings, device_label)
-# The README's figure is a GPU's; a CPU run saves its own under another name, which git
-# ignores, so running every lesson without a GPU leaves the committed figure as it is.
-save_figure(fig, "06_step_time" if DEVICE == "cuda" else "06_step_time_cpu")
+# The README's figure is a GPU's: only a run on a GPU writes it. A CPU run saves its own
+# under another name, which git ignores, so running every lesson without a GPU (the
+# main job, `python -m minimp figures`) never rewrites the tracked figure.
+save_figure(fig, "step_time" if DEVICE == "cuda" else "step_time_cpu")
 show(fig)
 
 # %% [markdown]
@@ -419,7 +518,19 @@ show(fig)
 # - The bytes each regime holds: half-size float16 weights plus full-size float32
 #   masters.
 #
-# What we did not measure, unless the device line says cuda: any GPU time.
+# What we did not measure, unless the device line says cuda: any GPU time. The GPU's
+# peak rates are its datasheet's; the arithmetic intensities are computed from the
+# shapes, not timed.
+#
+# ## Exercises
+#
+# 1. Change the wide MLP to `(512, 1024, 1024, 16)` (16 classes). Predict which line of
+#    the intensity table changes its "dims % 8" column, then rerun that cell.
+# 2. At what batch size does the digits MLP's first layer (64 x 128) cross the H100's
+#    float16 ridge point? Work it out with `intensity` before you try batch sizes.
+# 3. On the CPU, predict whether `bf16` or `mixed-dynamic` takes longer per step on the
+#    wide MLP (think of what each does besides the matmuls), then compare with the
+#    ratios printed in section 5.
 
 # %% tags=["timing"]
 print(f"device: {device_label}")
