@@ -19,6 +19,8 @@ the quantizers and the recipes as data. The module sits beside ``nn`` (it wraps
 
 from __future__ import annotations
 
+import copy as _copy
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -174,19 +176,22 @@ class Fp8Linear(nn.Module):
 
 
 def to_fp8(
-    model: nn.Sequential, recipe: DelayedScaling | CurrentScaling | BlockScaling | None = None
-) -> nn.Sequential:
-    """A new Sequential whose Linear layers run their GEMMs as ``recipe`` says, sharing
+    model: nn.Module, recipe: DelayedScaling | CurrentScaling | BlockScaling | None = None
+) -> nn.Module:
+    """The model with its Linear layers running their GEMMs as ``recipe`` says, sharing
     their parameters: :class:`Fp8Linear` for a per-tensor recipe (``DelayedScaling``,
     ``CurrentScaling``), :class:`BlockLinear` for a :class:`BlockScaling` one, whose
-    last Linear (the head) stays as it is unless ``recipe.quantize_head``.
+    last Linear (the head: the MLP's output layer, the GPT's ``lm_head``) stays as it is
+    unless ``recipe.quantize_head``.
 
-    Other layers are kept (the same objects); nested Sequentials are converted too.
-    The model must be float32: narrow-format training keeps float32 master weights and
-    runs only the GEMMs narrow, as TE does with its higher-precision parameters.
+    Any module converts: a Sequential (the digits MLP) or the GPT. Each module that holds
+    a converted layer is a shallow copy with it swapped in; modules without one are kept
+    (the same objects). The model must be float32: narrow-format training keeps float32
+    master weights and runs only the GEMMs narrow, as TE does with its
+    higher-precision parameters.
     """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"to_fp8 converts an nn.Sequential, got {type(model).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_fp8 converts an nn.Module, got {type(model).__name__}")
     for name, p in model.named_parameters():
         if p.dtype != float32:
             raise TypeError(
@@ -199,17 +204,37 @@ def to_fp8(
             f"to_fp8: recipe must be a DelayedScaling, CurrentScaling or BlockScaling, got "
             f"{type(recipe).__name__}"
         )
-    layer_class = _LAYERS[type(recipe)]
-    linears = [i for i, layer in enumerate(model.layers) if isinstance(layer, nn.Linear)]
+    linears = [m for m in _modules(model) if isinstance(m, nn.Linear)]
     head = linears[-1] if linears and not getattr(recipe, "quantize_head", True) else None
-    layers = []
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, nn.Linear) and i != head:
-            layer = layer_class(layer, recipe)
-        elif isinstance(layer, nn.Sequential):
-            layer = to_fp8(layer, recipe)
-        layers.append(layer)
-    return nn.Sequential(*layers)
+    return _converted(model, lambda layer: _LAYERS[type(recipe)](layer, recipe), head)
+
+
+def _modules(module: nn.Module) -> Iterator[nn.Module]:
+    """The module and every sub-module, depth first in attribute order."""
+    yield module
+    for child in module.children():
+        yield from _modules(child)
+
+
+def _converted(module: nn.Module, make: Any, head: nn.Module | None) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return module if module is head else make(module)
+    swapped = {}
+    for name, value in vars(module).items():
+        if isinstance(value, nn.Module):
+            new = _converted(value, make, head)
+            if new is not value:
+                swapped[name] = new
+        elif isinstance(value, list | tuple) and any(isinstance(v, nn.Module) for v in value):
+            items = [_converted(v, make, head) if isinstance(v, nn.Module) else v for v in value]
+            if any(n is not v for n, v in zip(items, value, strict=True)):
+                swapped[name] = type(value)(items)
+    if not swapped:
+        return module
+    copy = _copy.copy(module)
+    for name, value in swapped.items():
+        setattr(copy, name, value)
+    return copy
 
 
 def _check_blocks(op: str, operand: str, shape: tuple[int, ...], axis: int, fmt: BlockFormat,

@@ -182,3 +182,19 @@ def test_a_block_regime_resumes_from_a_checkpoint_bit_for_bit(tmp_path):
     assert resumed.history.loss == straight.history.loss
     for p, q in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
         assert p.numpy().tobytes() == q.numpy().tobytes()
+
+
+def test_to_fp8_converts_the_gpts_linears_but_its_head_and_leaves_the_model_as_it_was():
+    from minimp.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(block_size=8, n_layer=2, n_head=2, n_embd=32))
+    converted = to_fp8(model, MXFP8)
+    blocks = [m for m in (converted.blocks[0].attn.qkv, converted.blocks[1].mlp.fc)]
+    assert all(isinstance(m, BlockLinear) for m in blocks)
+    assert type(converted.lm_head) is nn.Linear  # 65 wide: the head stays float32
+    assert type(model.blocks[0].attn.qkv) is nn.Linear  # the original is untouched
+    assert converted.wte is model.wte  # modules without a Linear are the same objects
+    assert [id(p) for p in converted.parameters()] == [id(p) for p in model.parameters()]
+    x = np.random.default_rng(0).integers(0, 65, (4, 8))  # 32 tokens: one block
+    logits, _ = converted(x)
+    assert np.isfinite(logits.numpy()).all()

@@ -364,8 +364,8 @@ def test_bad_recipes_are_refused(kwargs, message):
 def test_fp8_needs_float32_and_fp8_formats():
     with pytest.raises(TypeError, match=r"layers.0.weight is float16.*model.float\(\)"):
         to_fp8(nn.MLP((8, 4), dtype=minimp.float16))
-    with pytest.raises(TypeError, match=r"to_fp8 converts an nn\.Sequential, got Linear"):
-        to_fp8(nn.Linear(8, 4))
+    with pytest.raises(TypeError, match=r"to_fp8 converts an nn\.Module, got list"):
+        to_fp8([nn.Linear(8, 4)])
     with pytest.raises(ValueError, match=r"needs an fp8 format .* got float16"):
         TensorScaling("float16")
     layer = Fp8Linear(nn.Linear(8, 4))
