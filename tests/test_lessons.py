@@ -25,9 +25,7 @@ IDS = [p.stem for p in LESSONS]
 
 def lesson_env(out_dir) -> dict[str, str]:
     """Figures go to a temporary folder, never over the committed ones."""
-    env = {**os.environ, "MINIMP_FIGURES": str(out_dir), "MPLBACKEND": "Agg"}
-    env.pop("MINIMP_QUICK", None)
-    return env
+    return {**os.environ, "MINIMP_FIGURES": str(out_dir), "MPLBACKEND": "Agg"}
 
 
 def test_the_lessons_are_numbered_from_01_without_a_gap():
@@ -61,7 +59,6 @@ def test_lesson_holds_its_claims_shows_its_plots_and_is_its_committed_notebook(
 ):
     for key, value in lesson_env(tmp_path).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("MINIMP_QUICK", raising=False)
     notebook = execute_notebook(notebook_from_script(path))  # a failed claim raises here
     cells = plot_cells(notebook)
     assert cells, "the lesson draws no figure"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import runpy
 from pathlib import Path
@@ -25,11 +24,9 @@ from threadpoolctl import threadpool_limits
 __all__ = [
     "FIGURES",
     "NOTEBOOKS",
-    "QUICK",
     "ClaimError",
     "claim",
     "lesson_paths",
-    "measured",
     "save_figure",
     "show",
 ]
@@ -41,8 +38,6 @@ __all__ = [
 BLAS_THREADS = int(os.environ.get("MINIMP_BLAS_THREADS") or 1)
 _blas_limit = threadpool_limits(limits=BLAS_THREADS, user_api="blas")
 
-# MINIMP_QUICK=1: the tests run each lesson shortened (fewer steps and seeds).
-QUICK = os.environ.get("MINIMP_QUICK") == "1"
 # In a checkout the lessons are notebooks/ beside the package, and their figures go to
 # figures/ there. An installed package carries the lessons' scripts and notebooks as
 # minimp/notebooks (pyproject.toml maps the folder in), and its figures go to ./figures.
@@ -115,18 +110,6 @@ def claim(holds: Any, sentence: str, **values: Any) -> None:
         raise ClaimError(
             f"the lesson says {sentence!r}, but on this run {shown or 'it does not hold'}"
         )
-
-
-def measured(**values: Any) -> None:
-    """Record numbers the lesson's text relies on. With MINIMP_RESULTS set (by the
-    tests), they are added to that JSON file; otherwise this does nothing. It returns
-    None, so a cell that ends with it echoes nothing in Jupyter."""
-    target = os.environ.get("MINIMP_RESULTS")
-    if target:
-        path = Path(target)
-        known = json.loads(path.read_text()) if path.exists() else {}
-        known.update({k: _plain(v) for k, v in values.items()})
-        path.write_text(json.dumps(known, indent=1))
 
 
 def _plain(value: Any) -> Any:
