@@ -1,8 +1,8 @@
 """What the paper predicts, checked on real runs, and the README's table kept honest.
 
 The runs are the documented defaults (``TrainConfig()``) on the shipped digits,
-seeds 0, 1, 2, exactly what ``python -m minimp regimes`` prints into the README;
-they take about a minute, so they are computed once for the whole module.
+seeds 0 and 1, exactly what ``python -m minimp regimes`` prints into the README;
+they take minutes, so they are computed once for the whole module (one xdist worker).
 """
 
 import re
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.xdist_group("digits-regimes")
 
 @pytest.fixture(scope="module")
 def default_runs():
-    return experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1, 2))
+    return experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1))
 
 
 @pytest.fixture(scope="module")

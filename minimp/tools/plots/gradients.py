@@ -1,5 +1,5 @@
 """Gradients against what float16 holds: the paper's Figure 3 and underflow per layer
-(lessons 2 and 5)."""
+(lessons 2 and 6)."""
 
 from __future__ import annotations
 
