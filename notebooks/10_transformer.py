@@ -127,7 +127,7 @@ show(fig)
 # The step times, per regime, on this CPU (float16 is emulated: computed in float32 and
 # rounded, so the casts cost; on a GPU, lesson 7, the 16-bit regimes are the fast ones):
 
-# %%
+# %% tags=["timing"]
 for name in GPT_REGIMES:
     print(f"{name:16} {step_time[name] * 1000:5.0f} ms per step")
 

@@ -5,6 +5,7 @@ seeds 0 and 1, exactly what ``python -m minimp regimes`` prints into the README;
 they take minutes, so they are computed once for the whole module (one xdist worker).
 """
 
+import functools
 import re
 from pathlib import Path
 
@@ -20,9 +21,16 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 pytestmark = pytest.mark.xdist_group("digits-regimes")
 
 
+@functools.cache
+def _default_runs():
+    """Cached for the worker's whole session: xdist may tear a module fixture down
+    between two of the module's tests and set it up again, and this takes minutes."""
+    return experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1))
+
+
 @pytest.fixture(scope="module")
 def default_runs():
-    return experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1))
+    return _default_runs()
 
 
 @pytest.fixture(scope="module")
