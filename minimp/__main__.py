@@ -2,7 +2,7 @@
 
 python -m minimp            run every lesson in notebooks/ (redraws the figures)
 python -m minimp lessons 02 run the lessons whose names start with 02
-python -m minimp notebooks  regenerate each lesson's .ipynb from its .py and execute it
+python -m minimp notebooks  regenerate and execute each lesson's .ipynb (notebooks 05: one)
 python -m minimp demo       a short tour of the engine, every number measured
 python -m minimp policies   print each regime's precision policy (no training)
 python -m minimp regimes    train the precision regimes side by side (README tables)
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     run_notebooks.add_argument(
         "--no-execute", action="store_true", help="only regenerate the cells, without outputs"
     )
+    run_notebooks.add_argument("names", nargs="*", help="lesson name prefixes (default: all)")
     run_bench = commands.add_parser(
         "bench", help="time and measure every regime, with hand-written NumPy and PyTorch"
     )
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"is installed ({lessons.NOTEBOOKS}): clone the repository and run it there, "
                 "or open the installed notebooks with jupyter"
             )
-        for path in lessons.write_notebooks(execute=not args.no_execute):
+        for path in lessons.write_notebooks(not args.no_execute, tuple(args.names)):
             print(f"wrote {path}")
     elif args.command == "demo":
         demo(steps=args.steps)

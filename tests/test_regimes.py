@@ -2,10 +2,9 @@
 
 The runs are the documented defaults (``TrainConfig()``) on the shipped digits,
 seeds 0 and 1, exactly what ``python -m minimp regimes`` prints into the README;
-they take minutes, so they are computed once for the whole module (one xdist worker).
+they take minutes, so one test computes them once and runs every check on them.
 """
 
-import functools
 import re
 from pathlib import Path
 
@@ -17,34 +16,15 @@ from minimp.tools import experiments
 from minimp.train import LARGE_BATCH_ADAM, TrainConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-# the module's runs are computed once: on one xdist worker, not once per worker
-pytestmark = pytest.mark.xdist_group("digits-regimes")
 
 
-@functools.cache
-def _default_runs():
-    """Cached for the worker's whole session: xdist may tear a module fixture down
-    between two of the module's tests and set it up again, and this takes minutes."""
-    return experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1))
-
-
-@pytest.fixture(scope="module")
-def default_runs():
-    return _default_runs()
-
-
-@pytest.fixture(scope="module")
-def summary(default_runs):
-    return {row["regime"]: row for row in experiments.summarize(default_runs)}
-
-
-def test_mixed_dynamic_matches_fp32_accuracy_within_one_point(summary):
+def check_mixed_dynamic_matches_fp32_accuracy_within_one_point(summary):
     """Micikevicius et al. 2018, sec. 4: mixed precision matches the FP32 baseline."""
     gap = abs(summary["mixed-dynamic"]["accuracy_mean"] - summary["fp32"]["accuracy_mean"])
     assert gap <= 0.01
 
 
-def test_pure_fp16_loses_most_updates_late_and_ends_worse_in_training_loss(summary):
+def check_pure_fp16_loses_most_updates_late_and_ends_worse_in_training_loss(summary):
     """sec. 3.1: updates below half an ulp of a float16 weight are rounded away."""
     assert summary["fp16"]["lost_updates"] > 0.5
     assert summary["fp32"]["lost_updates"] < 0.05
@@ -53,7 +33,7 @@ def test_pure_fp16_loses_most_updates_late_and_ends_worse_in_training_loss(summa
     assert worse > 10 * spread and worse > 0.2 * summary["fp32"]["loss_mean"]
 
 
-def test_mixed_noscale_flushes_a_large_share_of_activation_gradients_late(summary):
+def check_mixed_noscale_flushes_a_large_share_of_activation_gradients_late(summary):
     """sec. 3.2: without scaling, small activation gradients become zero in float16;
     scaling shifts them into range; bf16 has float32's range and flushes none."""
     assert summary["mixed-noscale"]["activation_flushed"] > 0.3
@@ -64,7 +44,7 @@ def test_mixed_noscale_flushes_a_large_share_of_activation_gradients_late(summar
     assert summary["bf16"]["activation_flushed"] < 0.001
 
 
-def test_the_flushed_share_grows_as_training_proceeds(default_runs):
+def check_the_flushed_share_grows_as_training_proceeds(default_runs):
     _, records = default_runs["mixed-noscale"][0]
     by_step = {}
     for r in records:
@@ -72,6 +52,22 @@ def test_the_flushed_share_grows_as_training_proceeds(default_runs):
             by_step.setdefault(r["step"], []).append(r["flushed_of_nonzero"])
     steps = sorted(by_step)
     assert np.mean(by_step[steps[-1]]) > 5 * np.mean(by_step[steps[0]])
+
+
+def test_the_digits_regimes_do_what_the_paper_and_the_readme_say():
+    """Every check of the digits runs in one test: the runs take minutes, and pytest-xdist
+    would compute a shared fixture again on each worker that ran one of the checks.
+    Each check's assertion says which claim failed."""
+    default_runs = experiments.compare_regimes(data.load_digits(), TrainConfig(), seeds=(0, 1))
+    summary = {row["regime"]: row for row in experiments.summarize(default_runs)}
+    check_mixed_dynamic_matches_fp32_accuracy_within_one_point(summary)
+    check_pure_fp16_loses_most_updates_late_and_ends_worse_in_training_loss(summary)
+    check_mixed_noscale_flushes_a_large_share_of_activation_gradients_late(summary)
+    check_the_flushed_share_grows_as_training_proceeds(default_runs)
+    check_the_readme_table_is_what_the_code_measures(summary)
+    check_pure_bf16_stalls_and_stochastic_or_kahan_rounding_rescue_it(summary)
+    check_what_each_scheme_holds(summary)
+    check_on_small_batches_unscaled_fp8_still_trains(summary)
 
 
 def _readme_rows(heading: str) -> dict[str, list[str]]:
@@ -92,7 +88,7 @@ def _number(cell: str) -> float:
     return float(re.match(r"[-+\d.eE]+", cell)[0])
 
 
-def test_the_readme_table_is_what_the_code_measures(summary):
+def check_the_readme_table_is_what_the_code_measures(summary):
     """Every number in the README's regime table, recomputed (to its printed precision,
     with room for the last digit of BLAS summation order on another machine)."""
     rows = _readme_rows("### The regimes on the digits")
@@ -110,7 +106,6 @@ def test_the_readme_table_is_what_the_code_measures(summary):
         assert _number(cells[6]) == pytest.approx(row["peak_memory"] / 1024, rel=0.05)
 
 
-@pytest.mark.xdist_group("large-batch-adam")  # its own runs: free to go to another worker
 def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
     """The documented setting where scaling matters, seed 0 of the README's three
     (all three take four minutes): mixed-noscale ends with a clearly higher training
@@ -141,7 +136,7 @@ def test_large_batch_adam_is_hurt_by_unscaled_fp16_and_rescued_by_scaling():
         assert _number(table[name][5]) == pytest.approx(row["memory"] / 1024, abs=0.5)
 
 
-def test_pure_bf16_stalls_and_stochastic_or_kahan_rounding_rescue_it(summary):
+def check_pure_bf16_stalls_and_stochastic_or_kahan_rounding_rescue_it(summary):
     """Gupta et al. 2015, Zamirai et al. 2020: without masters, bfloat16 weights round
     small updates away; stochastic rounding and a Kahan carry keep them."""
     fp32 = summary["fp32"]["loss_mean"]
@@ -151,7 +146,7 @@ def test_pure_bf16_stalls_and_stochastic_or_kahan_rounding_rescue_it(summary):
         assert summary[name]["loss_mean"] == pytest.approx(fp32, rel=0.05)  # "fp32's loss"
 
 
-def test_what_each_scheme_holds(summary):
+def check_what_each_scheme_holds(summary):
     """The README: SR at half of fp32's memory, the carry a quarter more than that,
     bf16 with masters more than fp32; fp8's weight copies a little more than fp32."""
     memory = {name: row["memory"] for name, row in summary.items()}
@@ -161,7 +156,7 @@ def test_what_each_scheme_holds(summary):
     assert memory["fp32"] < memory["fp8"] < 1.2 * memory["fp32"]
 
 
-def test_on_small_batches_unscaled_fp8_still_trains(summary):
+def check_on_small_batches_unscaled_fp8_still_trains(summary):
     """The README says so; lesson 8 shows the setting where the per-tensor scale matters."""
     fp32 = summary["fp32"]["loss_mean"]
     for name in ("fp8", "fp8-unscaled"):

@@ -132,10 +132,12 @@ def run_lesson(path: Path) -> None:
     runpy.run_path(str(path), run_name="__main__")
 
 
-# A cell tagged "timing" (``# %% tags=["timing"]`` in the script) prints wall times:
-# its outputs change from run to run, so a fresh execution is compared with the
-# committed notebook only by the kinds of output it makes, not their content.
-TIMING_TAG = "timing"
+# A cell tagged "timing" (``# %% tags=["timing"]`` in the script) prints wall times, and
+# one tagged "peak" a peak measured by the allocator (tracemalloc also counts what the
+# notebook kernel's own threads allocate meanwhile, a few hundred bytes that vary): their
+# outputs change from run to run, so a fresh execution is compared with the committed
+# notebook only by the kinds of output such a cell makes, not their content.
+VARYING_TAGS = ("timing", "peak")
 # Notebook metadata kept: what Jupyter needs to open it and how it pairs with its
 # script. The rest (language_info's versions, widget state) changes with the machine.
 _KEPT_METADATA = ("kernelspec", "jupytext")
@@ -173,19 +175,19 @@ def execute_notebook(notebook, timeout: int = 900):
 
 def comparable_outputs(notebook) -> list:
     """Each code cell's outputs as compared between two executions: in full, except a
-    timing cell's, of which only the kinds of output (stream name, MIME types) count."""
+    timing or peak cell's, of which only the kinds of output (stream name, MIME types) count."""
     cells = []
     for cell in notebook.cells:
         if cell.cell_type != "code":
             continue
         outputs = [_plain(dict(out)) for out in cell.outputs]
-        if TIMING_TAG in cell.metadata.get("tags", []):
+        if set(VARYING_TAGS) & set(cell.metadata.get("tags", [])):
             outputs = [[out.get("name"), sorted(out.get("data", {}))] for out in outputs]
         cells.append((cell.source, outputs))
     return cells
 
 
-def write_notebooks(execute: bool = True) -> list[Path]:
+def write_notebooks(execute: bool = True, names: tuple[str, ...] = ()) -> list[Path]:
     """Regenerate every ``.ipynb`` from its script (the script is the source) and, by
     default, execute it so the committed notebook shows every output and plot. The
     lessons save their figures as they run, so this pass also redraws ``figures/``."""
@@ -193,6 +195,8 @@ def write_notebooks(execute: bool = True) -> list[Path]:
 
     written = []
     for script in lesson_paths():
+        if names and not script.name.startswith(names):
+            continue
         print(f"{script.name} ...", flush=True)
         notebook = notebook_from_script(script)
         if execute:
