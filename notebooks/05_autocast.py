@@ -360,7 +360,7 @@ claim(grad_dtypes == ["float32"], "the float32 parameter receives a float32 grad
 # `minimp.memory.measure_peak` gives the **peak** bytes the allocator saw during one
 # step on this CPU (which includes minimp's float32 temporaries).
 
-# %%
+# %% tags=["peak"]
 layouts = ("amp", "mixed-dynamic")
 stored = {name: memory.memory_report(Run(name, digits, CONFIG)) for name in layouts}
 peak = {name: memory.measure_peak(Run(name, digits, CONFIG)) for name in layouts}

@@ -181,7 +181,7 @@ print(f"trained {len(REGIMES)} regimes x {len(SEEDS)} seeds x {CONFIG.steps} ste
 # step* is what one training step holds by its arrays' sizes, *peak per step (CPU)* the
 # allocator's measured high-water mark of a step (section 6).
 
-# %%
+# %% tags=["peak"]
 rows = minimp.tools.experiments.summarize(results)
 table = minimp.tools.experiments.markdown_table(rows)
 summary = {row["regime"]: row for row in rows}
@@ -433,7 +433,7 @@ claim(flushed["mixed-noscale"] > 0.3, "a large share below 2^-24", flushed=flush
 # same network at larger batches, stored (solid) and peak (dashed), relative to fp32
 # at the same batch. Nothing is trained for it: each number is one step of a fresh run.
 
-# %%
+# %% tags=["peak"]
 fig, weighed = minimp.tools.figures.figure_memory(CONFIG, MEMORY_BATCHES, MEMORY_SHOWN)
 save_figure(fig, "memory")
 stored = weighed["stored"]
