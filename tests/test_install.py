@@ -26,7 +26,7 @@ def test_pyproject_lists_every_package():
         ".".join(init.parent.relative_to(ROOT).parts)
         for init in (ROOT / "minimp").rglob("__init__.py")
     }
-    assert listed == found | {"minimp.notebooks"}
+    assert listed == found | {"minimp.datasets", "minimp.notebooks"}
 
 
 def _setuptools_is_recent() -> bool:
@@ -74,23 +74,20 @@ def _run(python, *args, cwd):
     )  # fmt: skip
 
 
-def test_the_installed_package_is_the_wheel_not_the_checkout(installed):
+def test_the_installed_wheel_runs_its_command_line_and_a_lesson(installed):
+    """One test, so the wheel is built once (xdist would build it on each worker, in
+    the same source tree at the same time)."""
     python, tmp = installed
     where = _run(python, "-c", "import minimp; print(minimp.__file__)", cwd=tmp)
     assert where.returncode == 0, where.stderr
     assert str(ROOT) not in where.stdout and "site-packages" in where.stdout
-
-
-def test_the_installed_command_line_lists_its_commands(installed):
-    python, tmp = installed
+    data = _run(python, "-c", "from minimp import data; print(len(data.load_digits().x_train))",
+                cwd=tmp)  # fmt: skip
+    assert data.returncode == 0 and int(data.stdout) > 1000, data.stderr  # the data ships
     help_ = _run(python, "-m", "minimp", "--help", cwd=tmp)
     assert help_.returncode == 0, help_.stderr
     for command in ("lessons", "notebooks", "figures", "policies", "regimes", "bench"):
         assert command in help_.stdout
-
-
-def test_an_installed_lesson_runs_and_saves_its_figure_in_the_working_folder(installed):
-    python, tmp = installed
     lesson = _run(python, "-m", "minimp", "lessons", "01", cwd=tmp)
     assert lesson.returncode == 0, lesson.stderr[-3000:]
     assert "01_formats.py" in lesson.stdout
