@@ -130,22 +130,28 @@ def _late_activation_flush(records: list[dict[str, Any]]) -> float:
 
 def markdown_table(rows: list[dict]) -> str:
     """The summary as the Markdown table the README shows."""
-    lines = [
-        "| regime | test accuracy | final training loss | updates lost | skipped steps "
-        "| activation grads flushed | stored per step | peak per step (CPU) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    columns = ("regime", "test accuracy", "final training loss", "updates lost",
+               "skipped steps", "activation grads flushed", "stored per step",
+               "peak per step (CPU)")  # fmt: skip
+    cells = []
     for r in rows:
         flushed = "n/a" if math.isnan(r["activation_flushed"]) else f"{r['activation_flushed']:.1%}"
         memory, peak = (
             "n/a" if math.isnan(r[key]) else f"{r[key] / 1024:.0f} KiB"
             for key in ("memory", "peak_memory")
         )
-        lines.append(
-            f"| `{r['regime']}` | {r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%} "
-            f"| {r['loss_mean']:.3g} ± {r['loss_std']:.2g} | {r['lost_updates']:.1%} "
-            f"| {r['skipped']:.1f} | {flushed} | {memory} | {peak} |"
-        )
+        cells.append((
+            f"`{r['regime']}`", f"{r['accuracy_mean']:.2%} ± {r['accuracy_std']:.2%}",
+            f"{r['loss_mean']:.3g} ± {r['loss_std']:.2g}", f"{r['lost_updates']:.1%}",
+            f"{r['skipped']:.1f}", flushed, memory, peak,
+        ))  # fmt: skip
+    return _markdown(columns, cells)
+
+
+def _markdown(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: the header, its rule, one line per row of cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
 
 
@@ -189,19 +195,15 @@ def gpt_summarize(results: dict[str, list[History]]) -> list[dict]:
 
 def gpt_markdown_table(rows: list[dict]) -> str:
     """The transformer summary as the Markdown table the README shows."""
-    lines = [
-        "| regime | validation loss | next-character accuracy | runs that became NaN "
-        "| skipped steps |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    columns = ("regime", "validation loss", "next-character accuracy",
+               "runs that became NaN", "skipped steps")  # fmt: skip
+    cells = []
     for r in rows:
         if r["nan_runs"] == r["seeds"]:
             loss, accuracy = "NaN", "n/a"
         else:
             loss = f"{r['val_loss_mean']:.3f} ± {r['val_loss_std']:.3f}"
             accuracy = f"{r['accuracy_mean']:.1%}"
-        lines.append(
-            f"| `{r['regime']}` | {loss} | {accuracy} | {r['nan_runs']} of {r['seeds']} "
-            f"| {r['skipped']:.1f} |"
-        )
-    return "\n".join(lines)
+        cells.append((f"`{r['regime']}`", loss, accuracy, f"{r['nan_runs']} of {r['seeds']}",
+                      f"{r['skipped']:.1f}"))  # fmt: skip
+    return _markdown(columns, cells)
