@@ -23,9 +23,11 @@ __all__ = [
     "cuda_available",
     "device_of",
     "lowp_matmul",
+    "matmul_operand",
     "narrow",
     "to_device",
     "to_numpy",
+    "unscale",
     "use_cupy",
     "widen",
 ]
@@ -115,6 +117,28 @@ def widen(array: Any) -> Any:
     return array.astype(np.float32, copy=False)
 
 
+def unscale(array: Any, inv_scale: np.float32) -> tuple[Any, Any]:
+    """``(widen(array) * inv_scale, whether every value of array is finite)``: a master
+    gradient made from a scaled 16-bit one, and the check PyTorch's unscale kernel makes
+    (on the values before unscaling). The flag stays on the device, unread.
+
+    One pass where the device allows. On the CPU a float16 array is unscaled by one
+    lookup in the widening table multiplied by inv_scale (each of the 65,536 products
+    rounded once to float32: the bits of widening, then multiplying) and checked on its
+    bits (an exponent of all ones is an inf or a NaN), 2x faster than widen, check,
+    multiply. On the GPU the cast happens inside the product's kernel."""
+    xp = array_module(array)
+    if xp is not np:
+        return xp.multiply(array, inv_scale, dtype=np.float32), xp.isfinite(array).all()
+    if array.dtype != np.float16:
+        return widen(array) * inv_scale, np.isfinite(array).all()
+    bits = array.view(np.uint16)
+    finite = np.bitwise_and(bits, 0x7C00).max(initial=0) != 0x7C00
+    with np.errstate(invalid="ignore", over="ignore"):  # the table holds NaNs and infs
+        table = _FLOAT16_AS_FLOAT32 * inv_scale
+    return np.take(table, bits, mode="clip"), finite
+
+
 def narrow(array: Any, dtype: Any) -> Any:
     """Round a float32 array to ``dtype``, nearest-even, as the hardware stores it.
 
@@ -141,6 +165,14 @@ def narrow(array: Any, dtype: Any) -> Any:
                 array = array.copy()
             array[tiny] = np.rint(array[tiny] * np.float32(2.0**24)) * np.float32(2.0**-24)
     return array.astype(dtype, copy=False)
+
+
+def matmul_operand(array: Any) -> Any:
+    """``array`` as this device's matmul takes it: on the CPU widened to float32 (BLAS
+    multiplies only float32, and lowp_matmul takes float32 arrays of 16-bit values as
+    they are), on the GPU as stored (cuBLAS multiplies 16-bit arrays). An operand used
+    by two matmuls, a weight in forward and backward, is widened once this way."""
+    return widen(array) if array_module(array) is np else array
 
 
 def lowp_matmul(a: Any, b: Any, dtype: Any, bias: Any = None) -> Any:

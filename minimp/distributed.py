@@ -307,8 +307,7 @@ class DataParallel:
         self.scaler.scale(loss).backward()
         model_params = list(self.model.parameters())
         if c.check == "before-reduce":
-            self.masters.copy_grads_to_masters()
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.optimizer, masters=self.masters)
             found = self.scaler._per_optimizer[id(self.optimizer)].found_inf
             flat = _flatten([p.grad.data for p in self.params], np.float32)
             if found:

@@ -385,10 +385,10 @@ class Run:
         if len(micro) > 1:
             loss = tensor(total)  # the mean over micro-batches, for the history (float32)
             x, y = micro[-1]
-        if self.masters:
+        if self.scaler.is_enabled():  # with masters: their gradients made, checked, unscaled
+            self.scaler.unscale_(self.optimizer, masters=self.masters)
+        elif self.masters:
             self.masters.copy_grads_to_masters()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
         if self.config.clip_norm is not None:
             nn.clip_grad_norm_(list(self.updated.values()), self.config.clip_norm)
         if hooks:
@@ -399,7 +399,8 @@ class Run:
             )  # fmt: skip
             for hook in hooks:
                 hook(info)
-        before = [p.data for p in self.updated.values()] if measure else None
+        # copies: the optimizer updates float32 parameters in place
+        before = [p.data.copy() for p in self.updated.values()] if measure else None
         stepped = self.scaler.step(self.optimizer)
         if stepped and self.scheduler is not None:  # a skipped step does not advance it
             self.scheduler.step()

@@ -58,3 +58,25 @@ def test_narrow_takes_the_numpy_scalar_a_full_reduction_returns(value):
     ours = backend.narrow(scalar, np.float16)
     assert ours.dtype == np.float16
     assert _bits(np.asarray(ours)) == _bits(np.asarray(scalar.astype(np.float16)))
+
+
+@pytest.mark.parametrize("scale", [2.0**16, 3.0, 2.0**-3])
+def test_unscale_is_widen_then_multiply_bit_for_bit_and_checks_before_unscaling(scale):
+    """Every float16 value, unscaled by a power of two, by 3 (1/3 rounds) and by a
+    scale below 1, where a finite gradient times 1/S can overflow: torch's kernel
+    checks the value before the product, so only inf and NaN inputs count."""
+    everything = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    inv_scale = np.float32(1.0 / scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        unscaled, finite = backend.unscale(everything, inv_scale)
+        expected = everything.astype(np.float32) * inv_scale
+    assert unscaled.dtype == np.float32 and not finite
+    assert np.array_equal(_bits(unscaled), _bits(expected))
+    finite_values = everything[np.isfinite(everything)]
+    with np.errstate(over="ignore"):
+        assert backend.unscale(finite_values, inv_scale)[1]
+    assert backend.unscale(np.zeros(0, np.float16), inv_scale)[1]
+    for bad in (np.inf, -np.inf, np.nan):
+        one_bad = np.array([1.0, bad, 2.0], np.float16)
+        assert not backend.unscale(one_bad, inv_scale)[1]
+        assert not backend.unscale(one_bad.astype(np.float32), inv_scale)[1]

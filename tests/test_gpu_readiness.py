@@ -24,15 +24,18 @@ SCALED = {"mixed-static", "mixed-dynamic", "amp"}
 # Kernel launches of one step of the digits MLP (64-128-128-10, 3 Linear layers, 6
 # parameters, SGD with momentum), counted on the stand-in: the bound a change may
 # not exceed. Where they go, for mixed-dynamic: forward 12, loss 18, backward 28,
-# gradients to the masters 6, unscale + inf check 19, SGD 30 (5 per parameter),
+# gradients to the masters made, checked and unscaled 19 (one product per gradient,
+# two for its check, one to gather the flags), SGD in place 24 (4 per parameter),
 # masters to the model 6. PyTorch's multi-tensor apply does the unscale and the
 # check in one launch and a foreach SGD in about 3, whatever the parameter count:
-# minimp's per-parameter 19 + 30 is what fusing would remove. fp8 pays ~45 launches
-# per cast (6 casts forward, 3 backward): the cast itself, its statistics, and the
-# next scale chosen on the device instead of read back.
+# minimp's per-parameter 19 + 24 is what a multi-tensor kernel would remove. Before
+# the masters' gradients were made in the unscale's pass and SGD updated in place
+# (issue 18): fp32 78, mixed-dynamic 119. fp8 pays ~45 launches per cast (6 casts
+# forward, 3 backward): the cast itself, its statistics, and the next scale chosen on
+# the device instead of read back.
 LAUNCHES = {
-    "fp32": 78, "fp16": 118, "mixed-noscale": 98, "mixed-static": 119,
-    "mixed-dynamic": 119, "amp": 120, "fp8": 525,
+    "fp32": 72, "fp16": 118, "mixed-noscale": 92, "mixed-static": 107,
+    "mixed-dynamic": 107, "amp": 114, "fp8": 519,
 }  # fmt: skip
 
 

@@ -176,7 +176,8 @@ def test_param_groups_take_their_own_settings_as_torch_does():
 
 def test_duplicate_parameters_do_what_torch_does():
     """torch 2.13 warns about a group with a duplicate and steps it twice (its SGD
-    reads every momentum buffer before the loop); a parameter in two groups is refused."""
+    reads every momentum buffer before the loop, then updates it in place, so from the
+    second step on the one buffer moves twice); a parameter in two groups is refused."""
     for kwargs in ({"lr": 1.0}, {"lr": 1.0, "momentum": 0.9}):
         w = minimp.tensor(np.zeros(2, np.float32), requires_grad=True)
         v = torch.zeros(2, requires_grad=True)
@@ -185,10 +186,12 @@ def test_duplicate_parameters_do_what_torch_does():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             theirs = torch.optim.SGD([v, v], **kwargs)
-        w.grad, v.grad = minimp.tensor(np.ones(2, np.float32)), torch.ones(2)
-        ours.step()
-        theirs.step()
-        _bits_equal(w.numpy(), v)
+        for step in range(3):
+            w.grad = minimp.tensor(np.full(2, 1.0 + step, np.float32))
+            v.grad = torch.full((2,), 1.0 + step)
+            ours.step()
+            theirs.step()
+            _bits_equal(w.numpy(), v)
     with pytest.raises(ValueError, match="more than one parameter group"):
         optim.SGD([{"params": [w]}, {"params": [w]}], lr=0.1)
 

@@ -482,3 +482,41 @@ def test_step_of_something_not_an_optimizer_is_named():
         GradScaler().step(None)
     with pytest.raises(TypeError, match=r"unscale_\(\) takes an optimizer"):
         GradScaler().unscale_([1, 2])
+
+
+def test_unscaling_the_masters_in_one_pass_is_the_copy_then_the_unscale():
+    """``unscale_(optimizer, masters=...)`` (minimp's own): the masters' gradients made
+    from the model's in the unscale's pass are the bits of copy_grads_to_masters() then
+    unscale_(), with the same decision, clean or overflowed; an optimizer without the
+    masters is refused before anything changes."""
+    from minimp.amp import MasterWeights
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 3, 16)
+    grads, scales = {}, {}
+    for fused in (False, True):
+        model = nn.MLP([6, 8, 3], generator=np.random.default_rng(1)).half()
+        masters = MasterWeights(model)
+        opt, scaler = optim.SGD(masters.parameters(), lr=0.5), GradScaler(init_scale=2.0**10)
+        for overflow in (False, True):
+            loss = F.cross_entropy(model(minimp.tensor(x, dtype="float16")).float(), y)
+            scaler.scale(loss * (1e30 if overflow else 1.0)).backward()
+            if fused:
+                scaler.unscale_(opt, masters=masters)
+            else:
+                masters.copy_grads_to_masters()
+                scaler.unscale_(opt)
+            grads[fused, overflow] = [m.grad.numpy().view(np.uint32) for m in masters.parameters()]
+            assert scaler.step(opt) is not overflow
+            scaler.update()
+            masters.copy_masters_to_model()
+            model.zero_grad()
+        scales[fused] = scaler.get_scale()
+    for overflow in (False, True):
+        for g, h in zip(grads[False, overflow], grads[True, overflow], strict=True):
+            np.testing.assert_array_equal(g, h)
+    assert scales[False] == scales[True] == 2.0**9  # the overflow backed both off once
+    other = optim.SGD(nn.MLP([6, 3]).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"does not hold these masters.*masters\.parameters"):
+        scaler.unscale_(other, masters=masters)
+    assert id(other) not in scaler._per_optimizer  # nothing recorded for it

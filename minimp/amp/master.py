@@ -46,15 +46,25 @@ class MasterWeights:
         """The float32 masters: give these to the optimizer."""
         return self.masters
 
-    def copy_grads_to_masters(self) -> None:
+    def copy_grads_to_masters(self, inv_scale: Any = None) -> list[Any]:
         """Widen each model gradient to float32 (exact: zeros that underflowed stay zero).
-        A master's gradient is always a new array, never the model's own."""
+        A master's gradient is always a new array, never the model's own.
+
+        With ``inv_scale`` (1/S, a float32) each is unscaled in the same pass and the
+        list returned says, per gradient, whether it was all finite (flags left on the
+        device): what ``GradScaler.unscale_(optimizer, masters=self)`` calls."""
+        finite = []
         for p, master in zip(self.model_params, self.masters, strict=True):
             if p.grad is None:
                 master.grad = None
+            elif inv_scale is not None:
+                g, ok = backend.unscale(p.grad.data, inv_scale)
+                master.grad = Tensor(g)
+                finite.append(ok)
             else:
                 g = p.grad.data
                 master.grad = Tensor(g.copy() if g.dtype == np.float32 else compute(g))
+        return finite
 
     def copy_masters_to_model(self) -> None:
         """Round each master to its model parameter's dtype, nearest-even."""

@@ -30,9 +30,10 @@ import numpy as np
 
 from minimp import backend
 from minimp.checks import is_int, is_real
-from minimp.tensor import Tensor, compute, float16, float32, ieee, round_to_dtype
+from minimp.tensor import Tensor, float16, float32, ieee, round_to_dtype
 
 if TYPE_CHECKING:  # amp sits below optim in the layers: a type hint, not an import
+    from minimp.amp.master import MasterWeights
     from minimp.optim import Optimizer
 
 __all__ = [
@@ -238,13 +239,22 @@ class GradScaler:
             return type(outputs)(self.scale(o) for o in outputs)
         raise TypeError(f"scale() takes a Tensor or a list of Tensors, got {type(outputs)}")
 
-    def unscale_(self, optimizer: Optimizer) -> None:
+    def unscale_(self, optimizer: Optimizer, *, masters: MasterWeights | None = None) -> None:
         """Divide the optimizer's gradients by S and record whether any was inf/NaN.
 
         The same grad Tensors get new arrays. Call it once per optimizer step, after
         every micro-batch's backward: gradients accumulate scaled, and are unscaled once.
+
+        ``masters`` is minimp's own (PyTorch's masters are the autocast model's float32
+        parameters, which receive float32 gradients): a ``MasterWeights`` whose masters
+        the optimizer holds and whose model gradients are not copied yet. Each master's
+        gradient is then widened, checked and unscaled in one pass over its 16-bit
+        model gradient (``copy_grads_to_masters(inv_scale)``), instead of a copy here and
+        two more passes: the same bits, the same check.
         """
         if not self._enabled:
+            if masters is not None:
+                masters.copy_grads_to_masters()
             return
         _check_optimizer("unscale_", optimizer)
         state = self._per_optimizer.get(id(optimizer), _OptimizerState())
@@ -255,7 +265,15 @@ class GradScaler:
             )
         if state.stage == "stepped":
             raise RuntimeError("unscale_() is being called after step().")
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if masters is not None:
+            held = {id(p) for p in params}
+            if not all(id(m) in held for m in masters.parameters()):
+                raise ValueError(
+                    "unscale_(optimizer, masters=...): the optimizer does not hold these "
+                    "masters; build it with masters.parameters()"
+                )
+        grads = [] if masters is not None else [p.grad for p in params if p.grad is not None]
         for grad in grads:
             if grad.dtype == float16:
                 raise ValueError(
@@ -266,25 +284,26 @@ class GradScaler:
                     "sec. 3.1). Keep FP32 master weights: give the optimizer float32 parameters "
                     "and use their float16 copies (or autocast) only in the forward pass"
                 )
-        finite = []
         with ieee():
             # PyTorch computes 1/S in float64, then rounds it to float32: the same bits here
             # (inf when S < 2**-128, which only a min_scale below the default allows).
             inv_scale = np.float32(1.0 / self._scale)
-            for grad in grads:
-                xp = backend.array_module(grad.data)
+            if masters is not None:
+                finite = masters.copy_grads_to_masters(inv_scale)
+            else:
                 # Checked before unscaling, as PyTorch's kernel does; on a GPU the flags
                 # stay there, to be read back once (one synchronisation, not one per grad).
-                finite.append(xp.isfinite(grad.data).all())
-                # A new array, not in place: two parameters' gradients may share one array
-                # (the backward of a + b hands the same array to both).
-                if grad.dtype == float32:
-                    grad.data = grad.data * inv_scale
-                else:  # bfloat16: in float32, rounded once, as torch's kernel does
-                    grad.data = round_to_dtype(compute(grad.data) * inv_scale, grad.dtype)
+                finite = []
+                for grad in grads:
+                    unscaled, ok = backend.unscale(grad.data, inv_scale)
+                    # A new array, not in place: two parameters' gradients may share one
+                    # array (the backward of a + b hands the same array to both). A
+                    # bfloat16 one is computed in float32, rounded once, as torch's kernel.
+                    grad.data = round_to_dtype(unscaled, grad.dtype)
+                    finite.append(ok)
         found_inf = bool(finite) and not all(bool(f) for f in _on_one_device(finite))
         found_inf = self._share_found_inf(found_inf)
-        state.stage, state.found_inf, state.checked = "unscaled", found_inf, bool(grads)
+        state.stage, state.found_inf, state.checked = "unscaled", found_inf, bool(finite)
         self._per_optimizer[id(optimizer)] = state
 
     def _share_found_inf(self, found_inf: bool) -> bool:

@@ -421,18 +421,24 @@ class Optimizer:
         self, p: Tensor, group: dict[str, Any], state: dict[str, Any], delta: Any, base: Any = None
     ) -> None:
         """Store ``base - delta`` (float32 arrays; ``base`` is p unless AdamW decayed it)
-        in p's dtype, rounded as ``group["update_rounding"]`` says (see the class docstring)."""
+        in p's dtype, rounded as ``group["update_rounding"]`` says (see the class docstring).
+        A float32 parameter is written in place, as torch's are; a 16-bit one gets a
+        new array (never written into: see ``backend.matmul_operand``)."""
         base = compute(p.data) if base is None else base
         mode = group["update_rounding"]
-        if mode == "nearest":
+        if mode == "kahan" and "compensation" not in state:
+            state["compensation"] = backend.array_module(p.data).zeros_like(p.data)
+        if p.dtype == np.float32:
+            # exact is a float32 already: every mode stores it unchanged (the carry stays
+            # 0), in place, as torch's p.add_(update, alpha=-lr) does: no new array
+            backend.array_module(p.data).subtract(base, delta, out=p.data)
+        elif mode == "nearest":
             p.data = round_to_dtype(base - delta, p.dtype)
         elif mode == "stochastic":
             exact = base - delta
             # round_to returns float32 values of p's format: the cast is exact.
             p.data = round_to(exact, p.dtype, "stochastic", group["generator"]).astype(p.dtype)
         else:
-            if "compensation" not in state:
-                state["compensation"] = backend.array_module(p.data).zeros_like(p.data)
             # The carry and delta are both small: adding them first keeps their bits.
             exact = base + (compute(state["compensation"]) - delta)
             p.data = round_to_dtype(exact, p.dtype)
@@ -521,28 +527,32 @@ class SGD(Optimizer):
         return super()._state_keys(group) | ({"momentum_buffer"} if group["momentum"] else set())
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        # As torch's SGD, every buffer is read before the loop and written after it, so
-        # a parameter listed twice takes two steps from the same buffer, as in torch.
+        # As torch's SGD, every buffer is read before the loop and written after it, and
+        # updated in place: a parameter listed twice takes two steps, as in torch.
         buffers = [self.state.get(id(p), {}).get("momentum_buffer") for p in params]
-        new_buffers = []
-        for p, buf in zip(params, buffers, strict=True):
-            state = self.state.setdefault(id(p), {})
+        momentum, dampening = group["momentum"], group["dampening"]
+        for i, (p, buf) in enumerate(zip(params, buffers, strict=True)):
             g = compute(p.grad.data)
             if group["maximize"]:
                 g = -g
             if group["weight_decay"]:
                 g = g + group["weight_decay"] * compute(p.data)
-            if group["momentum"]:
+            if momentum:
                 if buf is None:
-                    b = g
-                else:
-                    b = group["momentum"] * compute(buf) + (1 - group["dampening"]) * g
-                new_buffers.append((state, round_to_dtype(b, p.dtype)))
+                    b = g.copy()  # torch clones the gradient: never its array
+                elif p.dtype == np.float32:  # in place: buf.mul_(momentum).add_(g, 1 - d)
+                    b = buf
+                    b *= np.float32(momentum)
+                    b += g if dampening == 0 else (1 - dampening) * g
+                else:  # a 16-bit buffer: computed in float32, stored rounded below
+                    b = momentum * compute(buf) + (1 - dampening) * g
+                buffers[i] = b
                 # the float32 buffer, not its rounded copy, moves the weight (fused rule)
-                g = g + group["momentum"] * b if group["nesterov"] else b
-            self._write(p, group, state, group["lr"] * g)
-        for state, buf in new_buffers:
-            state["momentum_buffer"] = buf
+                g = g + momentum * b if group["nesterov"] else b
+            self._write(p, group, self.state.setdefault(id(p), {}), group["lr"] * g)
+        if momentum:
+            for p, buf in zip(params, buffers, strict=True):
+                self.state[id(p)]["momentum_buffer"] = round_to_dtype(buf, p.dtype)
 
 
 class Adam(Optimizer):

@@ -421,7 +421,8 @@ def run_benchmark(
             "sizes": list(workload.sizes),
             "batch_size": workload.batch_size,
             "results": results,
-            "not_timed": {b: why for b, why in skipped.items() if b in chosen},
+            # a baseline left out by choice (no torch) is not listed; every other is, and why
+            "not_timed": {b: why for b, why in skipped.items() if b in chosen or b in regimes},
         }
     checks = []
     for target in TARGETS:
