@@ -617,22 +617,27 @@ class Adam(Optimizer):
         if group["maximize"]:
             g = -g
         if wd and self._decoupled:
-            base = base * (1 - lr * wd)
-            if p.dtype == np.float32:  # torch's param.mul_ stores it before the update
-                p.data = base
+            base *= 1 - lr * wd  # a float32 p in place: torch's param.mul_, before the update
         elif wd:
             g = g + wd * base
+        xp = backend.array_module(p.data)
         if not state:
-            xp = backend.array_module(p.data)
             state["step"] = 0
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
-        m = compute(state["exp_avg"])
-        m = m + (1 - beta1) * (g - m)
-        v = beta2 * compute(state["exp_avg_sq"]) + (1 - beta2) * g * g
+        # In float32, in place: a float32 parameter's moments are these very arrays
+        # (compute() hands them over uncopied), a 16-bit one's are widened copies.
+        m, v = compute(state["exp_avg"]), compute(state["exp_avg_sq"])
+        work = g - m
+        work *= 1 - beta1
+        m += work  # m + (1 - beta1) * (g - m)
+        xp.multiply(g, 1 - beta2, out=work)
+        work *= g
+        v *= beta2
+        v += work  # beta2 * v + (1 - beta2) * g * g
         state["exp_avg"], state["exp_avg_sq"] = (
             round_to_dtype(m, p.dtype),
             round_to_dtype(v, p.dtype),
@@ -640,15 +645,17 @@ class Adam(Optimizer):
         if group["demonstrate_16bit_moments"]:  # the lesson's broken variant: see above
             m, v = compute(state["exp_avg"]), compute(state["exp_avg_sq"])
         if group["amsgrad"]:
-            v = backend.array_module(v).maximum(compute(state["max_exp_avg_sq"]), v)
+            v = xp.maximum(compute(state["max_exp_avg_sq"]), v)
             state["max_exp_avg_sq"] = round_to_dtype(v, p.dtype)
             if group["demonstrate_16bit_moments"]:
                 v = compute(state["max_exp_avg_sq"])
         step_size = lr / (1 - beta1 ** state["step"])
-        denom = (
-            backend.array_module(v).sqrt(v) / math.sqrt(1 - beta2 ** state["step"]) + group["eps"]
-        )
-        self._write(p, group, state, step_size * (m / denom), base)
+        denom = xp.sqrt(v, out=work)
+        denom /= math.sqrt(1 - beta2 ** state["step"])
+        denom += group["eps"]
+        update = xp.divide(m, denom, out=work)
+        update *= step_size  # step_size * (m / denom)
+        self._write(p, group, state, update, base)
 
 
 class AdamW(Adam):
