@@ -14,6 +14,7 @@ from gfloat.formats import (
 )
 
 from minimp.formats import FLOAT4_E2M1FN, FLOAT8_E4M3FN, round_to
+from minimp.scaling import blocks
 from minimp.scaling.blocks import (
     BLOCK_FORMATS,
     DEEPSEEK_ACTIVATIONS,
@@ -225,3 +226,25 @@ def test_bad_inputs_are_refused_with_the_fix():
         BlockFormat("bad", FLOAT4_E2M1FN, (32, 1), FLOAT8_E4M3FN, "power_of_two")
     with pytest.raises(ValueError, match=r"shapes \(2, 32\) and \(64, 2\) do not multiply"):
         block_matmul(np.ones((2, 32)), np.ones((64, 2)), MXFP4, MXFP4)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    sorted({f.element for f in BLOCK_FORMATS} | {f.scale_format for f in BLOCK_FORMATS}, key=str),
+    ids=str,
+)
+def test_the_saturating_cast_is_round_to_of_the_clipped_value_bit_for_bit(fmt):
+    """The block casts' fast rounding on float64 bits against the generic ``round_to``:
+    random magnitudes across and beyond the format's range (overflow saturates), every
+    tie between neighbouring values of the format, signed zeros, NaNs and infinities."""
+    rng = np.random.default_rng(0)
+    spread = rng.standard_normal(200_000) * 2.0 ** rng.uniform(-30, 20, 200_000)
+    codes = np.unique(round_to(np.linspace(-fmt.max, fmt.max, 20_001), fmt)).astype(np.float64)
+    ties = (codes[1:] + codes[:-1]) / 2
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, fmt.max, -fmt.max])
+    for x in (spread, ties, codes, special):
+        fast = blocks._saturate(x, fmt)
+        with np.errstate(invalid="ignore"):
+            generic = round_to(np.clip(x, -fmt.max, fmt.max), fmt)
+        assert fast.dtype == generic.dtype == np.float32
+        np.testing.assert_array_equal(fast.view(np.uint32), generic.view(np.uint32))
