@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import numbers
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ import numpy as np
 from minimp import backend, checkpoint, nn, optim
 from minimp import functional as F
 from minimp.amp import GradScaler, MasterWeights, ScaleRecord, StaticGradScaler, autocast
+from minimp.checks import is_int, is_real
 from minimp.data import CharCorpus, Dataset
 from minimp.fp8 import Fp8Linear, to_fp8
 from minimp.gpt import GPT, GPTConfig
@@ -86,12 +86,6 @@ class TrainConfig:
 
         def bad(name: str, allowed: str) -> ValueError:
             return ValueError(f"TrainConfig: {name} must be {allowed}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-        def is_real(v: Any) -> bool:
-            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
         sizes = self.sizes
         if not isinstance(sizes, tuple | list) or len(sizes) < 2:
