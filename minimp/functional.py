@@ -71,10 +71,6 @@ class _AutocastState(threading.local):
 _autocast = _AutocastState()
 
 
-def get_autocast_hook() -> AutocastHook | None:
-    return _autocast.hook
-
-
 def set_autocast_hook(hook: AutocastHook | None) -> AutocastHook | None:
     """Install ``hook`` in this thread; returns the one it replaces."""
     previous, _autocast.hook = _autocast.hook, hook

@@ -183,6 +183,3 @@ class GPT(nn.Module):
             raise ValueError(f"GPT: targets must have idx's shape {(b, t)}, got {targets.shape}")
         loss = functional.cross_entropy(logits.view(b * t, -1), targets.reshape(-1))
         return logits, loss
-
-    def num_parameters(self) -> int:
-        return int(sum(p.size for p in self.parameters()))
