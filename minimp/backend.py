@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 __all__ = [
     "DEVICES",
+    "arithmetic",
     "array_module",
     "cuda_available",
     "device_of",
@@ -137,6 +138,22 @@ def unscale(array: Any, inv_scale: np.float32) -> tuple[Any, Any]:
     with np.errstate(invalid="ignore", over="ignore"):  # the table holds NaNs and infs
         table = _FLOAT16_AS_FLOAT32 * inv_scale
     return np.take(table, bits, mode="clip"), finite
+
+
+def arithmetic(op: Any, a: Any, b: Any) -> Any:
+    """``op(a, b)`` for + - * / (``operator.add``, ...), computed in float32, for the
+    caller to round once to the operands' dtype.
+
+    On the CPU on widened copies (NumPy's float16 arithmetic converts element by
+    element). On the GPU two float16 arrays go to CuPy's own float16 kernel, one launch
+    instead of widen, widen, op, narrow: CuPy's float16 type converts to float for
+    every operation and rounds the result once, to nearest even (its float16.cuh), the
+    same bits. A scalar operand is widened instead: CuPy would round it to float16
+    first, where minimp (and PyTorch) compute with it in float32."""
+    xp = array_module(a)
+    if xp is not np and isinstance(b, xp.ndarray) and a.dtype == b.dtype == np.float16:
+        return op(a, b)
+    return op(widen(a), widen(b))
 
 
 def narrow(array: Any, dtype: Any) -> Any:

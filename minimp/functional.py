@@ -15,6 +15,7 @@ At the end of the file, the ops become Tensor's operators and methods.
 from __future__ import annotations
 
 import builtins
+import operator
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -137,14 +138,16 @@ def _result(
 def add(a: Any, b: Any) -> Tensor:
     (a, b), dtype = _operands("add", a, b)
     _broadcast_shape("add", a, b)
-    return _result(compute(a.data) + compute(b.data), dtype, (a, b), lambda g: (g, g))
+    out = backend.arithmetic(operator.add, a.data, b.data)
+    return _result(out, dtype, (a, b), lambda g: (g, g))
 
 
 @ieee()
 def sub(a: Any, b: Any) -> Tensor:
     (a, b), dtype = _operands("sub", a, b)
     _broadcast_shape("sub", a, b)
-    return _result(compute(a.data) - compute(b.data), dtype, (a, b), lambda g: (g, -compute(g)))
+    out = backend.arithmetic(operator.sub, a.data, b.data)
+    return _result(out, dtype, (a, b), lambda g: (g, -compute(g)))
 
 
 @ieee()
@@ -160,7 +163,8 @@ def mul(a: Any, b: Any) -> Tensor:
         )
 
     saved = (b.data if a.requires_grad else None, a.data if b.requires_grad else None)
-    return _result(compute(a.data) * compute(b.data), dtype, (a, b), backward, saved)
+    out = backend.arithmetic(operator.mul, a.data, b.data)
+    return _result(out, dtype, (a, b), backward, saved)
 
 
 @ieee()
@@ -176,7 +180,8 @@ def div(a: Any, b: Any) -> Tensor:
         )
 
     saved = (b.data, a.data if b.requires_grad else None)
-    return _result(compute(a.data) / compute(b.data), dtype, (a, b), backward, saved)
+    out = backend.arithmetic(operator.truediv, a.data, b.data)
+    return _result(out, dtype, (a, b), backward, saved)
 
 
 @ieee()
@@ -819,8 +824,8 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
         )
     if not isinstance(value, int | float | np.number):
         raise TypeError(f"masked_fill: value must be a Python number, got {type(value).__name__}")
-    with ieee():
-        fill = xp.asarray(value, dtype=np.float64).astype(dtype)
+    with ieee():  # a NumPy scalar: on a GPU a kernel argument, not a copy to the device
+        fill = np.asarray(value, dtype=np.float64).astype(dtype)[()]
     out = xp.where(mask, fill, x.data)
     return Tensor.from_op(
         out, (x,), lambda g: (xp.where(mask, xp.zeros((), dtype=g.dtype), g),), (mask,)

@@ -77,6 +77,8 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, heads, T, head size): each head attends on its own
         q, k, v = (z.view(b, t, self.n_head, hs).transpose(1, 2) for z in (q, k, v))
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))
+        # the mask moves to the device the first time it is used there, not at every call
+        self.future = backend.to_device(self.future, x.device)
         scores = scores.masked_fill(self.future[:t, :t], -math.inf)
         att = self.attn_dropout(functional.softmax(scores, dim=-1))
         y = (att @ v).transpose(1, 2).reshape(b, t, c)  # heads side by side again

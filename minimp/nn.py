@@ -360,7 +360,9 @@ def clip_grad_norm_(
     (one implementation here). Only the L2 norm (``norm_type=2``) is provided.
 
     The norm comes back as a 0-d float32 NumPy value (torch returns a 0-d tensor in the
-    gradients' dtype): it prints, compares and multiplies like a number.
+    gradients' dtype): it prints, compares and multiplies like a number. On the GPU it
+    stays there, a 0-d CuPy array: clipping reads nothing back (``error_if_nonfinite``
+    does, as torch's).
     """
     if isinstance(parameters, Tensor):
         parameters = [parameters]
@@ -373,19 +375,20 @@ def clip_grad_norm_(
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return np.float32(0.0)
+    xp = backend.array_module(grads[0].data)
     with ieee():
-        norms = [np.sqrt((compute(g.data) ** 2).sum(dtype=np.float32)) for g in grads]
-        total = np.float32(
-            np.sqrt(np.sum(np.square(np.array(norms, np.float32)), dtype=np.float32))
-        )
-        if error_if_nonfinite and not np.isfinite(total):
+        norms = xp.stack([xp.sqrt((compute(g.data) ** 2).sum(dtype=np.float32)) for g in grads])
+        total = xp.sqrt(xp.sum(xp.square(norms), dtype=np.float32))
+        if xp is np:
+            total = np.float32(total)
+        if error_if_nonfinite and not bool(xp.isfinite(total)):  # a read back, as torch's
             raise RuntimeError(
                 f"The total norm of order 2.0 for gradients from `parameters` is non-finite "
                 f"({total}), so it cannot be clipped. To disable this error and scale the "
                 "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`"
             )
-        coef = np.minimum(np.float32(max_norm) / (total + np.float32(1e-6)), np.float32(1.0))
+        coef = xp.minimum(xp.divide(np.float32(max_norm), total + np.float32(1e-6)), np.float32(1))
         for g in grads:
-            factor = coef if g.dtype == float32 else round_to_dtype(np.array(coef), g.dtype)
+            factor = coef if g.dtype == float32 else round_to_dtype(xp.asarray(coef), g.dtype)
             g.data = round_to_dtype(compute(g.data) * compute(factor), g.dtype)
     return total

@@ -364,7 +364,13 @@ class Run:
         one's loss is divided by their number and backward adds its gradients to the
         last's; unscale, clip, step and update happen once, after the last (PyTorch's
         AMP examples, "gradient accumulation"). Hooks see the last micro-batch."""
-        micro = list(zip(x, y, strict=True)) if self.config.gpt is not None else [(x, y)]
+        micro = [(x, y)]
+        if self.config.gpt is not None:
+            if len(x) != len(y):
+                raise ValueError(
+                    f"Run.step: {len(x)} micro-batches of inputs and {len(y)} of targets"
+                )
+            micro = [(x[i], y[i]) for i in range(len(x))]  # indexed: nothing read back
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
         total = None  # the micro-batches' losses summed in float64 on the device: no sync
         for xb, yb in micro:

@@ -96,6 +96,28 @@ def test_a_training_step_reads_at_most_the_scalers_decision(cupy, digits, name):
     assert measured["syncs"] <= cost["syncs"] + 1, measured  # the lost updates: one read
 
 
+# The lesson-10 GPT's step (2 micro-batches, clipping, AdamW, a warmup and cosine
+# schedule), counted on the stand-in as the MLP's above.
+GPT_LAUNCHES = {"fp32": 1378, "mixed-dynamic": 1838}
+
+
+@pytest.mark.parametrize("name", GPT_LAUNCHES)
+def test_a_transformer_step_reads_at_most_the_scalers_decision(cupy, name):
+    """Found by this test: clip_grad_norm_ converted the device norms to NumPy (a crash
+    on a GPU), the causal mask and masked_fill's value were copied to the device at
+    every call, and the micro-batches were iterated (read back) instead of indexed."""
+    from minimp.train import SHAKESPEARE_GPT
+
+    corpus = data.load_shakespeare(SHAKESPEARE_GPT.gpt.block_size)
+    run = train.Run(name, corpus, SHAKESPEARE_GPT, device="cuda")
+    x, y = run.to_device(*run._batch(0))
+    run.step(x, y)
+    _, cost = _step_cost(cupy, run, x, y)
+    assert cost["syncs"] <= (1 if name in SCALED else 0), cost
+    assert cost["h2d"] == 0, cost
+    assert cost["launches"] <= GPT_LAUNCHES[name], cost
+
+
 @pytest.mark.parametrize("name", BFLOAT16)
 def test_bfloat16_regimes_refuse_the_device_by_name(cupy, digits, name):
     """CuPy has no bfloat16 (ml_dtypes' type is host-only): the run says so, and why."""
@@ -173,3 +195,27 @@ def test_device_indices_are_checked_on_the_device(cupy):
     weight = minimp.tensor(np.ones((4, 2), np.float32), device="cuda")
     assert np.isnan(F.embedding(cupy.asarray(np.array([1, 4])), weight).numpy()[1]).all()
     assert not np.isnan(F.embedding(cupy.asarray(np.array([1, 3])), weight).numpy()).any()
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_float16_arithmetic_on_the_device_is_one_kernel_with_the_cpus_bits(cupy, op):
+    """Two float16 arrays go to CuPy's float16 kernel (computed in float32, rounded
+    once: the same bits as widening first) in one launch; a Python scalar is widened
+    instead, so that it joins in float32 as on the CPU."""
+    import minimp.functional as F
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((64, 32)).astype(np.float16) for _ in range(2))
+    b[0, :4] = [0.0, np.inf, 6e-8, 60000]  # a zero divisor, an inf, a subnormal, near max
+    fn = getattr(F, op)
+    on_cpu = fn(minimp.tensor(a), minimp.tensor(b)).numpy()
+    x, y = (minimp.tensor(v, device="cuda") for v in (a, b))
+    cupy.counters.reset()
+    on_device = fn(x, y)
+    assert cupy.counters.launches == 1
+    assert on_device.dtype == minimp.float16
+    np.testing.assert_array_equal(on_device.numpy().view(np.uint16), on_cpu.view(np.uint16))
+    scalar = fn(x, 0.1).numpy()
+    np.testing.assert_array_equal(
+        scalar.view(np.uint16), fn(minimp.tensor(a), 0.1).numpy().view(np.uint16)
+    )
