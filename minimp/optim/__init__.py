@@ -423,7 +423,7 @@ class Optimizer:
         """Store ``base - delta`` (float32 arrays; ``base`` is p unless AdamW decayed it)
         in p's dtype, rounded as ``group["update_rounding"]`` says (see the class docstring).
         A float32 parameter is written in place, as torch's are; a 16-bit one gets a
-        new array (never written into: see ``backend.matmul_operand``)."""
+        new array, the rounded result."""
         base = compute(p.data) if base is None else base
         mode = group["update_rounding"]
         if mode == "kahan" and "compensation" not in state:
@@ -542,7 +542,7 @@ class SGD(Optimizer):
                     b = g.copy()  # torch clones the gradient: never its array
                 elif p.dtype == np.float32:  # in place: buf.mul_(momentum).add_(g, 1 - d)
                     b = buf
-                    b *= np.float32(momentum)
+                    b *= momentum
                     b += g if dampening == 0 else (1 - dampening) * g
                 else:  # a 16-bit buffer: computed in float32, stored rounded below
                     b = momentum * compute(buf) + (1 - dampening) * g
