@@ -108,7 +108,7 @@ class detect_anomaly:
             )
         self.first: Anomaly | None = None
         self.masks = masks  # ops that write -inf on purpose (a causal mask): only NaN counts
-        self._modules = {id(m): name for name, m in _named_modules(model)} if model else {}
+        self._modules = {id(m): name for name, m in model.named_modules()} if model else {}
         self._origin: dict[int, tuple[Tensor, str, str]] = {}  # id(out): (out, op, module)
 
     def __enter__(self) -> detect_anomaly:
@@ -156,14 +156,3 @@ class detect_anomaly:
             "backward", op, module, tuple(g.shape), str(parent.dtype), kind,
             _largest_finite([grad]), _kind(grad) is None,
         )  # fmt: skip
-
-
-def _named_modules(model: nn.Module, prefix: str = ""):
-    """Every module with its name, the model itself as "" (PyTorch's naming)."""
-    yield prefix.rstrip("."), model
-    for name, value in vars(model).items():
-        items = value if isinstance(value, list | tuple) else (value,)
-        for i, item in enumerate(items):
-            if isinstance(item, nn.Module):
-                sub = f"{name}.{i}." if isinstance(value, list | tuple) else f"{name}."
-                yield from _named_modules(item, prefix + sub)

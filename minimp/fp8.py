@@ -20,7 +20,6 @@ the quantizers and the recipes as data. The module sits beside ``nn`` (it wraps
 from __future__ import annotations
 
 import copy as _copy
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -204,16 +203,9 @@ def to_fp8(
             f"to_fp8: recipe must be a DelayedScaling, CurrentScaling or BlockScaling, got "
             f"{type(recipe).__name__}"
         )
-    linears = [m for m in _modules(model) if isinstance(m, nn.Linear)]
+    linears = [m for _, m in model.named_modules() if isinstance(m, nn.Linear)]
     head = linears[-1] if linears and not getattr(recipe, "quantize_head", True) else None
     return _converted(model, lambda layer: _LAYERS[type(recipe)](layer, recipe), head)
-
-
-def _modules(module: nn.Module) -> Iterator[nn.Module]:
-    """The module and every sub-module, depth first in attribute order."""
-    yield module
-    for child in module.children():
-        yield from _modules(child)
 
 
 def _converted(module: nn.Module, make: Any, head: nn.Module | None) -> nn.Module:

@@ -72,6 +72,25 @@ class Module:
             items = value if isinstance(value, list | tuple) else (value,)
             yield from (item for item in items if isinstance(item, Module))
 
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module (named ``prefix``, "" by default) and every sub-module below it,
+        depth first, each once, with its dotted name: ``torch.nn.Module.named_modules``."""
+        seen: set[int] = set()
+
+        def walk(module: Module, name: str) -> Iterator[tuple[str, Module]]:
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            yield name, module
+            for attr, value in vars(module).items():
+                items = value if isinstance(value, list | tuple) else (value,)
+                for i, item in enumerate(items):
+                    if isinstance(item, Module):
+                        sub = f"{attr}.{i}" if isinstance(value, list | tuple) else attr
+                        yield from walk(item, f"{name}.{sub}" if name else sub)
+
+        yield from walk(self, prefix)
+
     def train(self, mode: bool = True) -> Module:
         """Set training mode here and in every sub-module (Dropout drops only in it)."""
         self.training = mode

@@ -198,3 +198,16 @@ def test_named_parameters_walk_lists_of_modules_with_torchs_names():
     assert list(net.state_dict()) == list(TorchNet().state_dict())
     net.eval()
     assert not net.blocks[1].ln.training
+
+
+def test_named_modules_names_every_module_once_as_named_parameters_does():
+    """As torch's: the model itself as "", then each sub-module, depth first, a module
+    reached twice listed once; a layer's name is the prefix of its parameters' names."""
+    shared = nn.Linear(4, 4, generator=np.random.default_rng(0))
+    model = nn.Sequential(shared, nn.ReLU(), nn.Sequential(shared, nn.Tanh()))
+    named = list(model.named_modules())
+    assert [n for n, _ in named] == ["", "layers.0", "layers.1", "layers.2", "layers.2.layers.1"]
+    assert named[1][1] is shared
+    mlp = nn.MLP([4, 8, 2], generator=np.random.default_rng(0))
+    prefixes = {name.rsplit(".", 1)[0] for name, _ in mlp.named_parameters()}
+    assert prefixes == {n for n, m in mlp.named_modules() if isinstance(m, nn.Linear)}
