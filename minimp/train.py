@@ -35,7 +35,7 @@ from minimp.data import CharCorpus, Dataset
 from minimp.fp8 import Fp8Linear, to_fp8
 from minimp.gpt import GPT, GPTConfig
 from minimp.regimes import ALL_REGIMES, BEYOND_FP16, REGIMES, Regime, get_regime
-from minimp.tensor import Tensor, bfloat16, no_grad, tensor
+from minimp.tensor import Tensor, bfloat16, float32, no_grad, tensor
 
 __all__ = [
     "ALL_REGIMES",
@@ -399,8 +399,12 @@ class Run:
             )  # fmt: skip
             for hook in hooks:
                 hook(info)
-        # copies: the optimizer updates float32 parameters in place
-        before = [p.data.copy() for p in self.updated.values()] if measure else None
+        # the optimizer updates float32 parameters in place (a copy), 16-bit ones anew
+        before = (
+            [p.data.copy() if p.dtype == float32 else p.data for p in self.updated.values()]
+            if measure
+            else None
+        )
         stepped = self.scaler.step(self.optimizer)
         if stepped and self.scheduler is not None:  # a skipped step does not advance it
             self.scheduler.step()
