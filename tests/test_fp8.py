@@ -399,7 +399,7 @@ def test_quantize_on_the_gpu_matches_the_cpu(fmt):
 def test_the_fast_cpu_cast_is_ml_dtypes_cast_bit_for_bit(fmt):
     """The quantizer's own rounding and encoding (ml_dtypes' casts are ~10x slower), on a
     sweep through every binade of float32 that fits the format, NaN and zeros."""
-    from minimp.scaling.per_tensor import _round_saturated
+    from minimp.formats import round_in_range as _round_saturated
     from minimp.scaling.per_tensor import decode as _decode
     from minimp.scaling.per_tensor import encode as _encode
 

@@ -48,6 +48,7 @@ from minimp.formats import (
     FLOAT8_E8M0FNU,
     FLOAT32,
     Format,
+    round_in_range,
     round_to,
 )
 
@@ -181,25 +182,13 @@ def _block_amax(blocks: np.ndarray) -> np.ndarray:
 
 def _saturate(x: np.ndarray, fmt: Format) -> np.ndarray:
     """Round to ``fmt`` with overflow clipped to +-max (the MX rule, TE's satfinite), as
-    float32: ``round_to(clip(x))`` bit for bit (the tests check), on the float64 bits.
-
-    Clipped, every value lies in the format's range, so the generic rounding's frexp
-    and ldexp are not needed, and this is 5x faster (the block casts are most of a
-    block-scaled step). Normal range: round the float64 bit pattern at the format's
-    last mantissa bit, ties to even (a carry into the exponent is the right result);
-    below min_normal the spacing is the constant min_subnormal: rint(x / spacing)."""
+    float32: ``round_to(clip(x))`` bit for bit, on the float64 bits (``round_in_range``:
+    the block casts are most of a block-scaled step)."""
     with np.errstate(invalid="ignore"):
         x = np.clip(np.asarray(x, dtype=np.float64), -fmt.max, fmt.max)  # NaN stays NaN
     if not fmt.subnormals:  # e8m0: no zero to round to, the generic rule knows
         return round_to(x, fmt)
-    shift = 52 - fmt.mantissa_bits
-    bits = x.view(np.uint64)
-    ties_to_even = ((bits >> np.uint64(shift)) & np.uint64(1)) + np.uint64((1 << (shift - 1)) - 1)
-    keep = np.uint64(((1 << 64) - 1) ^ ((1 << shift) - 1))
-    rounded = ((bits + ties_to_even) & keep).view(np.float64)
-    spacing = fmt.min_subnormal
-    rounded = np.where(np.abs(x) < fmt.min_normal, np.rint(x / spacing) * spacing, rounded)
-    return np.where(np.isnan(x), x, rounded).astype(np.float32)
+    return round_in_range(x, fmt).astype(np.float32)
 
 
 def _power_of_two_scales(amax: np.ndarray, element: Format) -> np.ndarray:

@@ -35,7 +35,7 @@ import numpy as np
 
 from minimp import backend
 from minimp.checks import is_int
-from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format
+from minimp.formats import FLOAT8_E4M3FN, FLOAT8_E5M2, Format, get_format, round_in_range
 
 __all__ = [
     "FP8_FORMATS",
@@ -213,7 +213,7 @@ class TensorScaling:
         # a multiple of 2^-16 / 2^127 = 2^-143, which float32 holds even when subnormal.
         scaled = x * scale
         clipped = xp.clip(scaled, -fmt.max, fmt.max)
-        rounded = _round_saturated(clipped, fmt)
+        rounded = round_in_range(clipped, fmt)
         if not update:  # an evaluation: the statistics stay those of the last training cast
             return (encode(rounded, fmt) if xp is np else rounded), scale
         nonzero = int(xp.count_nonzero(x))
@@ -259,7 +259,7 @@ class TensorScaling:
         else:
             scale = previous
         scale32 = scale.astype(np.float32)
-        rounded = _round_saturated(xp.clip(x * scale32, -fmt.max, fmt.max), fmt)
+        rounded = round_in_range(xp.clip(x * scale32, -fmt.max, fmt.max), fmt)
         if not update:
             return rounded, scale32
         amax = amax_now if current else _amax_on_device(x, xp)
@@ -343,23 +343,6 @@ def _next_scale_on_device(amax: Any, fmt: Format, margin: int, previous: Any, xp
     _, e = xp.frexp(fmt.max / xp.where(usable, amax, 1.0))
     exponent = xp.clip(e - 1 - margin, MIN_SCALE_EXPONENT, MAX_SCALE_EXPONENT)
     return xp.where(usable, xp.ldexp(1.0, exponent), previous)
-
-
-def _round_saturated(x: Any, fmt: Format) -> Any:
-    """Round float32 ``x`` (|x| <= fmt.max, or NaN) to the nearest fp8 value, ties to
-    even, as float32. Normal range: round the float32 bit pattern at the format's last
-    mantissa bit (a carry into the exponent is the correct result). Subnormal range:
-    the spacing is the constant min_subnormal, so rint(x / spacing) * spacing."""
-    xp = backend.array_module(x)  # in float32 on a GPU too: no float64 kernels
-    shift = 23 - fmt.mantissa_bits
-    bits = xp.ascontiguousarray(x).view(np.uint32)
-    ties_to_even = ((bits >> np.uint32(shift)) & np.uint32(1)) + np.uint32((1 << (shift - 1)) - 1)
-    keep = np.uint32((0xFFFF_FFFF << shift) & 0xFFFF_FFFF)
-    rounded = ((bits + ties_to_even) & keep).view(np.float32)
-    spacing = np.float32(fmt.min_subnormal)
-    subnormal = xp.rint(x / spacing) * spacing
-    rounded = xp.where(xp.abs(x) < np.float32(fmt.min_normal), subnormal, rounded)
-    return xp.where(xp.isnan(x), x, rounded)
 
 
 def _tables(fmt: Format) -> tuple[np.ndarray, np.ndarray]:
