@@ -552,7 +552,9 @@ def _on_host_or(indices: Any, xp: Any) -> Any:
     return np.asarray(indices)
 
 
-def _in_range(indices: Any, xp: Any, n: int, message: str) -> tuple[Any, Any]:
+def _in_range(
+    indices: Any, xp: Any, n: int, message: str, error: type[Exception] = ValueError
+) -> tuple[Any, Any]:
     """``indices`` checked to lie in [0, n), and a device flag for what the host cannot see.
 
     Host indices are checked on the host, before they move: free. Indices already on
@@ -564,9 +566,7 @@ def _in_range(indices: Any, xp: Any, n: int, message: str) -> tuple[Any, Any]:
     """
     if backend.array_module(indices) is np:
         if indices.size and (indices.min() < 0 or indices.max() >= n):
-            raise ValueError(
-                message.format(n=n) + f"got values from {indices.min()} to {indices.max()}"
-            )
+            raise error(message.format(n=n) + f"got values from {indices.min()} to {indices.max()}")
         return xp.asarray(indices), None
     bad = (indices < 0) | (indices >= n)
     return xp.where(bad, 0, indices), bad.any()
@@ -608,12 +608,8 @@ def _index_array(op: str, indices: Any, xp: Any, size: int) -> Any:
     indices = _on_host_or(indices, xp)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be integers, got {indices.dtype}")
-    try:
-        return _in_range(
-            indices, xp, size, f"{op}: indices must lie in [0, {{n}}) (the weight's rows), "
-        )
-    except ValueError as e:
-        raise IndexError(str(e)) from None
+    message = f"{op}: indices must lie in [0, {{n}}) (the weight's rows), "
+    return _in_range(indices, xp, size, message, IndexError)
 
 
 def _scatter_add(target: Any, indices: Any, values: Any) -> None:
